@@ -1,0 +1,158 @@
+//! The HTTP server: metrics, health, probes, state and resume (SPEC §6).
+//!
+//! Handlers read only the published [`Snapshot`] and the metrics registry,
+//! and talk to the loop only through its command channel, so no request can
+//! hold the loop up. Connections are capped and slow clients timed out; the
+//! server runs on its own thread's runtime, apart from the loop's.
+
+mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::supervisor::state::Snapshot;
+use crate::supervisor::Command;
+
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 1024;
+/// Longest wait for a request's headers (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest life of one connection, keep-alive included.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Largest request head accepted (hyper's minimum is 8 KiB).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Whether the loop answers, with a cache so a flood of probes costs the
+/// loop at most one ping per [`Liveness::FRESH`].
+pub struct Liveness {
+    epoch: Instant,
+    last_answer_ms: AtomicU64,
+    deadline: Duration,
+}
+
+impl Liveness {
+    /// An answer younger than this is reused.
+    const FRESH: Duration = Duration::from_millis(500);
+
+    /// A check that gives the loop `deadline` to answer a ping.
+    pub fn new(deadline: Duration) -> Liveness {
+        Liveness {
+            epoch: Instant::now(),
+            last_answer_ms: AtomicU64::new(0),
+            deadline,
+        }
+    }
+
+    /// Asks the loop whether it is alive.
+    pub async fn check(&self, commands: &mpsc::Sender<Command>) -> Result<(), &'static str> {
+        let last = self.last_answer_ms.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if last > 0 && now.saturating_sub(last) < Self::FRESH.as_millis() as u64 {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        if commands.try_send(Command::Ping(reply)).is_err() {
+            // A full queue means the loop is not reading it: stuck, or very busy.
+            return Err("the supervisor loop does not read its commands");
+        }
+        match tokio::time::timeout(self.deadline, answer).await {
+            Ok(Ok(())) => {
+                self.last_answer_ms.store(
+                    self.epoch.elapsed().as_millis().max(1) as u64,
+                    Ordering::Relaxed,
+                );
+                Ok(())
+            }
+            Ok(Err(_)) => Err("the supervisor loop has ended"),
+            Err(_) => Err("the supervisor loop did not answer in time"),
+        }
+    }
+}
+
+/// What every handler may read.
+#[derive(Clone)]
+pub struct AppState {
+    /// The newest snapshot the loop published.
+    pub snapshot: watch::Receiver<Snapshot>,
+    /// The loop's command channel.
+    pub commands: mpsc::Sender<Command>,
+    /// The registry.
+    pub metrics: Arc<Metrics>,
+    /// Token `POST /resume` needs; `None` = resume disabled.
+    pub admin_token: Option<Arc<str>>,
+    /// The liveness check.
+    pub liveness: Arc<Liveness>,
+}
+
+/// The routes of SPEC §6.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .route("/health", get(handlers::health))
+        .route("/livez", get(handlers::livez))
+        .route("/readyz", get(handlers::readyz))
+        .route("/state", get(handlers::state))
+        .route("/resume", post(handlers::resume))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
+/// Binds the listener.
+///
+/// # Errors
+///
+/// When the address cannot be bound (port taken, no permission).
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: wait a little rather than spin.
+                    tracing::debug!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .keep_alive(true);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop(permit);
+        });
+    }
+}

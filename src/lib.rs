@@ -1,0 +1,198 @@
+//! jobloop runs a worker command over and over, one job per run, and makes
+//! every run visible: Prometheus metrics, Kubernetes probes, one
+//! OpenTelemetry span and one log file per run.
+//!
+//! # Data flow
+//!
+//! Everything goes one way, and only the supervisor writes the state:
+//!
+//! ```text
+//! cli -> config::Settings -> supervisor (owns Snapshot, Backoff)
+//! supervisor -> runner (one child at a time) -> RunReport -> classify -> Next
+//! supervisor -> watch<Snapshot> -> statefile writer thread (state.json)
+//!                               -> http handlers (read-only)
+//!            -> metrics (gauges derived from each Snapshot), markers, spans
+//! http /resume, /livez, signals -> mpsc<Command> -> supervisor
+//! ```
+//!
+//! # Threads
+//!
+//! The supervisor runs on a current-thread runtime of its own; the HTTP
+//! server, the signal forwarding and the OTLP exporter on the main thread's;
+//! state.json is written on a third. A flood of requests or a slow disk
+//! therefore cannot slow the loop down.
+
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod runlog;
+pub mod runner;
+pub mod signals;
+pub mod statefile;
+pub mod status;
+pub mod supervisor;
+pub mod telemetry;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use config::Settings;
+use metrics::Metrics;
+use statefile::{StateDir, StateWriter};
+use supervisor::state::Snapshot;
+use supervisor::{Supervisor, SupervisorParts};
+
+/// How long `/livez` waits for the loop to answer a ping.
+const LIVENESS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Runs the daemon until it is stopped.
+///
+/// # Errors
+///
+/// Fatal start-up errors: a directory that cannot be written, a port that is
+/// taken, an exporter that cannot be built. Each names what and where.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("jobloop-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut settings = settings;
+    // Absolute paths: the job may change directory, and RUN_LOG, the span
+    // and state.json should name the run log the same way wherever read.
+    settings.log_dir = std::path::absolute(&settings.log_dir).with_context(|| {
+        format!(
+            "cannot resolve AGENT_LOG_DIR {}",
+            settings.log_dir.display()
+        )
+    })?;
+    settings.state_dir = std::path::absolute(&settings.state_dir).with_context(|| {
+        format!(
+            "cannot resolve AGENT_STATE_DIR {}",
+            settings.state_dir.display()
+        )
+    })?;
+    runtime.block_on(run_async(Arc::new(settings)))
+}
+
+async fn run_async(settings: Arc<Settings>) -> anyhow::Result<()> {
+    let signal_handlers =
+        signals::SignalHandlers::install().context("cannot install signal handlers")?;
+    let telemetry = telemetry::init(&settings)?;
+    prepare_log_dir(&settings.log_dir)?;
+    let state_dir = StateDir::new(&settings.state_dir);
+    state_dir.create().with_context(|| {
+        format!(
+            "cannot create AGENT_STATE_DIR {}",
+            settings.state_dir.display()
+        )
+    })?;
+    let previous_state = state_dir.read_state();
+    let initial = Snapshot::starting(SystemTime::now());
+    state_dir.write_state(&initial.to_json()).with_context(|| {
+        format!(
+            "cannot write state.json in AGENT_STATE_DIR {}",
+            settings.state_dir.display()
+        )
+    })?;
+    let listener = http::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on AGENT_LISTEN {}", settings.listen))?;
+    if let Err(error) = runner::reaper::become_subreaper() {
+        tracing::warn!(%error, "cannot become a child subreaper; escaped grandchildren will not be reaped here");
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    metrics.observe(&initial);
+    let (publisher, snapshots) = watch::channel(initial);
+    let (command_sender, commands) = mpsc::channel(64);
+    let writer = StateWriter::spawn(state_dir.clone(), snapshots.clone(), metrics.clone())
+        .context("cannot start the state writer thread")?;
+
+    let app = http::router(http::AppState {
+        snapshot: snapshots,
+        commands: command_sender.clone(),
+        metrics: metrics.clone(),
+        admin_token: settings.admin_token.as_deref().map(Arc::from),
+        liveness: Arc::new(http::Liveness::new(LIVENESS_DEADLINE)),
+    });
+    let (http_stop, http_stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(listener, app, async move {
+        let _ = http_stopped.await;
+    }));
+    tracing::info!(
+        listen = %settings.listen,
+        command = %settings.command.join(" "),
+        log_dir = %settings.log_dir.display(),
+        state_dir = %settings.state_dir.display(),
+        otlp = settings.otlp.endpoint.as_deref().unwrap_or("off"),
+        version = env!("CARGO_PKG_VERSION"),
+        "jobloop started"
+    );
+
+    let (loop_done, loop_finished) = oneshot::channel::<()>();
+    let parts = SupervisorParts {
+        settings: settings.clone(),
+        state_dir,
+        metrics,
+        publisher,
+        commands,
+        notifier: notify::Notifier::from_env(),
+        previous_state,
+    };
+    let loop_thread = std::thread::Builder::new()
+        .name("jobloop-loop".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime builds");
+            runtime.block_on(async move { Supervisor::new(parts).run().await });
+            let _ = loop_done.send(());
+        })
+        .context("cannot start the supervisor thread")?;
+
+    let forwarding = tokio::spawn(signal_handlers.forward(command_sender));
+    let _ = loop_finished.await;
+    let _ = loop_thread.join();
+    forwarding.abort();
+    telemetry
+        .shutdown(
+            settings
+                .shutdown_grace
+                .clamp(Duration::from_secs(1), Duration::from_secs(10)),
+        )
+        .await;
+    let _ = http_stop.send(());
+    let _ = server.await;
+    writer.join();
+    Ok(())
+}
+
+/// Creates `AGENT_LOG_DIR/runs` (0750) and proves it writable, so a bad
+/// directory stops jobloop at start with one line instead of failing every
+/// run (BASELINE Q8).
+fn prepare_log_dir(log_dir: &Path) -> anyhow::Result<()> {
+    let runs = log_dir.join("runs");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&runs)
+        .with_context(|| format!("cannot create AGENT_LOG_DIR {}", runs.display()))?;
+    let probe = tempfile_probe(&runs);
+    std::fs::File::create_new(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| format!("AGENT_LOG_DIR {} is not writable", runs.display()))
+}
+
+fn tempfile_probe(dir: &Path) -> std::path::PathBuf {
+    dir.join(format!(".jobloop-write-probe-{}", std::process::id()))
+}

@@ -1,0 +1,429 @@
+//! Run logs: one file per iteration under `AGENT_LOG_DIR/runs/`, and the
+//! retention that keeps `runs/` bounded.
+//!
+//! Names are the UTC start time (`20261125T192106Z.log`) with a `-1`, `-2`
+//! ... suffix when the name is taken, so fast iterations never overwrite
+//! each other (the seed's `>` did, BASELINE Q2). Files are created new,
+//! 0640, and never through a symlink. Retention is a pure selection over
+//! (name, mtime, size) plus the deletion of what it selected.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// How many suffixes are tried for one second's name before giving up.
+const MAX_SUFFIX: u32 = 10_000;
+
+/// Retention limits of `runs/`; zero means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Run logs kept, newest first; 0 = no count limit.
+    pub keep: usize,
+    /// Older run logs are deleted.
+    pub max_age: Option<Duration>,
+    /// Total bytes of `runs/`; 0 = no limit.
+    pub max_bytes: u64,
+}
+
+/// A run log as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLogEntry {
+    /// File name in `runs/`.
+    pub name: String,
+    /// Last modification.
+    pub modified: SystemTime,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Run logs deleted.
+    pub deleted: u64,
+    /// `jobs/` links removed because their run log was deleted.
+    pub links_removed: u64,
+    /// Errors met (the pass goes on after each).
+    pub errors: Vec<String>,
+}
+
+/// The file name of a run started at `start`, without suffix.
+pub fn base_name(start: SystemTime) -> String {
+    // "2026-11-25T19:21:06Z" -> "20261125T192106Z"
+    humantime::format_rfc3339_seconds(start)
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+/// The sort key of a run-log name: its timestamp and suffix, or `None` if
+/// the name is not a run log's.
+pub fn sort_key(name: &str) -> Option<(&str, u32)> {
+    let stem = name.strip_suffix(".log")?;
+    let (stamp, suffix) = match stem.split_once('-') {
+        Some((stamp, suffix)) => (stamp, suffix.parse().ok()?),
+        None => (stem, 0),
+    };
+    let valid = stamp.len() == 16
+        && stamp.as_bytes()[8] == b'T'
+        && stamp.ends_with('Z')
+        && stamp[..8].bytes().all(|b| b.is_ascii_digit())
+        && stamp[9..15].bytes().all(|b| b.is_ascii_digit());
+    valid.then_some((stamp, suffix))
+}
+
+/// The header line: `# jobloop iteration=N trace_id=... span_id=... start=...`.
+pub fn header(iteration: u64, trace_id: &str, span_id: &str, start: SystemTime) -> String {
+    format!(
+        "# jobloop iteration={iteration} trace_id={trace_id} span_id={span_id} start={}\n",
+        crate::supervisor::state::rfc3339(start)
+    )
+}
+
+/// Creates the run log for a run started at `start` in `runs_dir`: a new
+/// file, 0640, never through a symlink, with the next free suffix.
+///
+/// # Errors
+///
+/// When no name can be created (directory missing, not writable, full).
+pub fn create(runs_dir: &Path, start: SystemTime) -> io::Result<(PathBuf, File)> {
+    let base = base_name(start);
+    let mut last_error = None;
+    for suffix in 0..MAX_SUFFIX {
+        let name = if suffix == 0 {
+            format!("{base}.log")
+        } else {
+            format!("{base}-{suffix}.log")
+        };
+        let path = runs_dir.join(name);
+        // create_new is O_CREAT|O_EXCL: an existing name, a symlink included,
+        // is never opened; O_NOFOLLOW makes that explicit.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last_error = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::other("no free run-log name")))
+}
+
+/// Writes the header into a new run log.
+///
+/// # Errors
+///
+/// When the write fails (disk full).
+pub fn write_header(file: &mut File, header: &str) -> io::Result<()> {
+    file.write_all(header.as_bytes())
+}
+
+/// Picks the run logs to delete. `entries` may come in any order; the
+/// newest (by name) is never picked, nor is `protect`.
+pub fn select_for_deletion(
+    entries: &[RunLogEntry],
+    policy: &RetentionPolicy,
+    now: SystemTime,
+    protect: Option<&str>,
+) -> Vec<String> {
+    let mut sorted: Vec<&RunLogEntry> = entries
+        .iter()
+        .filter(|entry| sort_key(&entry.name).is_some())
+        .collect();
+    sorted.sort_by(|a, b| sort_key(&b.name).cmp(&sort_key(&a.name)));
+    let mut doomed = Vec::new();
+    let mut kept_bytes = 0u64;
+    let mut kept = 0usize;
+    for (index, entry) in sorted.iter().enumerate() {
+        let protected = index == 0 || protect == Some(entry.name.as_str());
+        let too_many = policy.keep > 0 && kept >= policy.keep;
+        let too_old = policy.max_age.is_some_and(|age| {
+            now.duration_since(entry.modified)
+                .is_ok_and(|elapsed| elapsed > age)
+        });
+        let too_big = policy.max_bytes > 0 && kept_bytes + entry.size > policy.max_bytes;
+        if !protected && (too_many || too_old || too_big) {
+            doomed.push(entry.name.clone());
+        } else {
+            kept += 1;
+            kept_bytes += entry.size;
+        }
+    }
+    doomed
+}
+
+/// Lists the run logs in `runs_dir` (regular files with a run-log name;
+/// links are judged as links and never followed).
+pub fn scan(runs_dir: &Path) -> Vec<RunLogEntry> {
+    let Ok(entries) = fs::read_dir(runs_dir) else {
+        return Vec::new();
+    };
+    let mut logs = Vec::new();
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if sort_key(&name).is_none() {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        logs.push(RunLogEntry {
+            name,
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            size: meta.len(),
+        });
+    }
+    logs
+}
+
+/// Deletes the run logs `names` from `log_dir/runs`, then the `log_dir/jobs`
+/// links that pointed at them.
+pub fn delete(log_dir: &Path, names: &[String]) -> RetentionOutcome {
+    let mut outcome = RetentionOutcome::default();
+    let runs = log_dir.join("runs");
+    let mut deleted_paths = Vec::new();
+    for name in names {
+        let path = runs.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                outcome.deleted += 1;
+                deleted_paths.push(path);
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => outcome
+                .errors
+                .push(format!("cannot delete {}: {error}", path.display())),
+        }
+    }
+    if !deleted_paths.is_empty() {
+        outcome.links_removed =
+            remove_links_to(&log_dir.join("jobs"), &deleted_paths, &mut outcome.errors);
+    }
+    outcome
+}
+
+/// Applies `policy` to `log_dir/runs` from a fresh listing.
+pub fn enforce(
+    log_dir: &Path,
+    policy: &RetentionPolicy,
+    protect: Option<&str>,
+) -> RetentionOutcome {
+    let logs = scan(&log_dir.join("runs"));
+    let doomed = select_for_deletion(&logs, policy, SystemTime::now(), protect);
+    delete(log_dir, &doomed)
+}
+
+/// Removes the symlinks in `jobs_dir` whose target is one of `deleted`.
+fn remove_links_to(jobs_dir: &Path, deleted: &[PathBuf], errors: &mut Vec<String>) -> u64 {
+    let Ok(entries) = fs::read_dir(jobs_dir) else {
+        return 0;
+    };
+    let deleted: Vec<PathBuf> = deleted.iter().map(|p| normalize(p)).collect();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        let Ok(target) = fs::read_link(&path) else {
+            continue;
+        };
+        let absolute = if target.is_absolute() {
+            target
+        } else {
+            jobs_dir.join(target)
+        };
+        if deleted.contains(&normalize(&absolute)) {
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(error) => {
+                    errors.push(format!("cannot remove link {}: {error}", path.display()))
+                }
+            }
+        }
+    }
+    removed
+}
+
+/// Makes a path absolute and resolves `.` and `..` by text alone, without
+/// following any link.
+fn normalize(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut out = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    fn entry(name: &str, age_from: u64, size: u64) -> RunLogEntry {
+        RunLogEntry {
+            name: name.to_string(),
+            modified: at(age_from),
+            size,
+        }
+    }
+
+    #[test]
+    fn names_are_utc_compact() {
+        assert_eq!(base_name(at(1_764_098_466)), "20251125T192106Z");
+    }
+
+    #[test]
+    fn sort_key_orders_suffixes_after_the_plain_name() {
+        let mut names = vec![
+            "20260101T000000Z-2.log",
+            "20260101T000000Z.log",
+            "20260101T000000Z-10.log",
+            "20260101T000000Z-1.log",
+            "20251231T235959Z.log",
+        ];
+        names.sort_by_key(|n| sort_key(n));
+        assert_eq!(
+            names,
+            [
+                "20251231T235959Z.log",
+                "20260101T000000Z.log",
+                "20260101T000000Z-1.log",
+                "20260101T000000Z-2.log",
+                "20260101T000000Z-10.log"
+            ]
+        );
+        assert_eq!(sort_key("notes.txt"), None);
+        assert_eq!(sort_key("2026.log"), None);
+        assert_eq!(sort_key("20260101T000000Z-x.log"), None);
+    }
+
+    #[test]
+    fn create_adds_suffixes_and_skips_planted_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = at(1_764_098_466);
+        let (first, _) = create(dir.path(), start).unwrap();
+        let (second, _) = create(dir.path(), start).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("20251125T192106Z-2.log"))
+            .unwrap();
+        let (third, _) = create(dir.path(), start).unwrap();
+        assert!(first.ends_with("20251125T192106Z.log"));
+        assert!(second.ends_with("20251125T192106Z-1.log"));
+        assert!(third.ends_with("20251125T192106Z-3.log"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&first).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o640, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn retention_by_count_age_and_bytes() {
+        let logs = vec![
+            entry("20260101T000001Z.log", 100, 10),
+            entry("20260101T000002Z.log", 200, 10),
+            entry("20260101T000003Z.log", 300, 10),
+            entry("20260101T000004Z.log", 400, 10),
+        ];
+        let none = RetentionPolicy {
+            keep: 0,
+            max_age: None,
+            max_bytes: 0,
+        };
+        assert!(select_for_deletion(&logs, &none, at(1000), None).is_empty());
+        let by_count = RetentionPolicy { keep: 2, ..none };
+        assert_eq!(
+            select_for_deletion(&logs, &by_count, at(1000), None),
+            ["20260101T000002Z.log", "20260101T000001Z.log"]
+        );
+        let by_age = RetentionPolicy {
+            max_age: Some(Duration::from_secs(850)),
+            ..none
+        };
+        assert_eq!(
+            select_for_deletion(&logs, &by_age, at(1000), None),
+            ["20260101T000001Z.log"]
+        );
+        let by_bytes = RetentionPolicy {
+            max_bytes: 25,
+            ..none
+        };
+        assert_eq!(
+            select_for_deletion(&logs, &by_bytes, at(1000), None),
+            ["20260101T000002Z.log", "20260101T000001Z.log"]
+        );
+    }
+
+    #[test]
+    fn retention_never_picks_the_newest_or_the_protected() {
+        let logs = vec![
+            entry("20260101T000001Z.log", 0, 100),
+            entry("20260101T000002Z.log", 0, 100),
+        ];
+        let strict = RetentionPolicy {
+            keep: 0,
+            max_age: Some(Duration::from_secs(1)),
+            max_bytes: 1,
+        };
+        assert_eq!(
+            select_for_deletion(&logs, &strict, at(1000), None),
+            ["20260101T000001Z.log"]
+        );
+        assert!(
+            select_for_deletion(&logs, &strict, at(1000), Some("20260101T000001Z.log")).is_empty()
+        );
+    }
+
+    #[test]
+    fn enforce_removes_links_to_deleted_logs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let jobs = dir.path().join("jobs");
+        fs::create_dir_all(&runs).unwrap();
+        fs::create_dir_all(&jobs).unwrap();
+        fs::write(runs.join("20260101T000001Z.log"), "old").unwrap();
+        fs::write(runs.join("20260101T000002Z.log"), "new").unwrap();
+        std::os::unix::fs::symlink("../runs/20260101T000001Z.log", jobs.join("a.log")).unwrap();
+        std::os::unix::fs::symlink(runs.join("20260101T000002Z.log"), jobs.join("b.log")).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), jobs.join("c.log")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), runs.join("20250101T000000Z.log")).unwrap();
+        let policy = RetentionPolicy {
+            keep: 1,
+            max_age: None,
+            max_bytes: 0,
+        };
+        let outcome = enforce(dir.path(), &policy, None);
+        assert_eq!(outcome.deleted, 1, "{outcome:?}");
+        assert_eq!(outcome.links_removed, 1);
+        assert!(!jobs.join("a.log").exists());
+        assert!(jobs.join("b.log").exists());
+        assert!(fs::symlink_metadata(jobs.join("c.log")).is_ok());
+        assert!(outside.path().exists());
+    }
+}

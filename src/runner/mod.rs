@@ -1,0 +1,419 @@
+//! One child process at a time: the job (with its output streamed to the
+//! run log and scanned), the preflight and the hooks.
+//!
+//! Every child runs in its own process group, so each signal jobloop sends
+//! reaches the whole group. The runner knows nothing of state, metrics or
+//! spans: it reports facts ([`RunReport`]) and the supervisor decides.
+
+pub mod auth;
+pub mod reaper;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use regex::bytes::Regex;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use auth::AuthMatcher;
+
+/// Size of one read from the job's output pipe.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Pipe buffer asked of the kernel, so a chatty job blocks less often.
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// Why a command could not be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnFailure {
+    /// No such file (exit code 127, as the shell reports it).
+    NotFound,
+    /// Exists but cannot be executed (exit code 126).
+    NotExecutable,
+    /// Any other error from fork/exec (exit code 126).
+    Other,
+}
+
+impl SpawnFailure {
+    fn from_io(error: &io::Error) -> SpawnFailure {
+        match error.kind() {
+            io::ErrorKind::NotFound => SpawnFailure::NotFound,
+            io::ErrorKind::PermissionDenied => SpawnFailure::NotExecutable,
+            _ if error.raw_os_error() == Some(nix::libc::ENOEXEC) => SpawnFailure::NotExecutable,
+            _ => SpawnFailure::Other,
+        }
+    }
+
+    /// The exit code a shell would have given.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            SpawnFailure::NotFound => 127,
+            SpawnFailure::NotExecutable | SpawnFailure::Other => 126,
+        }
+    }
+
+    /// What the operator should check.
+    pub fn advice(self) -> &'static str {
+        match self {
+            SpawnFailure::NotFound => "check the command's path and PATH",
+            SpawnFailure::NotExecutable => "check the file's execute permission and its #! line",
+            SpawnFailure::Other => "check the command and the system's process limits",
+        }
+    }
+}
+
+/// What happened to the job's output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputStats {
+    /// Bytes read from the job.
+    pub bytes_read: u64,
+    /// Bytes written to the run log (after the header).
+    pub bytes_written: u64,
+    /// Bytes read but not written because of AGENT_RUN_LOG_MAX_BYTES.
+    pub bytes_dropped: u64,
+    /// The first error writing the run log, if any.
+    pub write_error: Option<String>,
+    /// The auth pattern matched a line of the output.
+    pub pattern_matched: bool,
+}
+
+/// The facts of one finished run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Exit code, 128+N for signal N, 127/126 when it could not start.
+    pub exit_code: i32,
+    /// The signal that killed it.
+    pub signal: Option<i32>,
+    /// Set when the command could not be started.
+    pub spawn_failure: Option<SpawnFailure>,
+    /// jobloop stopped it after AGENT_JOB_TIMEOUT.
+    pub timed_out: bool,
+    /// jobloop stopped it because the auth pattern matched.
+    pub auth_killed: bool,
+    /// jobloop had to send SIGKILL.
+    pub killed: bool,
+    /// The auth pattern matched its output.
+    pub pattern_matched: bool,
+    /// Its output.
+    pub output: OutputStats,
+}
+
+/// What the job is started with.
+pub struct JobSpec<'a> {
+    /// Program and arguments.
+    pub argv: &'a [String],
+    /// Variables added to jobloop's environment (RUN_LOG, TRACEPARENT, ...).
+    pub env: Vec<(&'static str, String)>,
+    /// The run log, header already written; `None` if it could not be created.
+    pub log: Option<File>,
+    /// Bytes of output written to the log; 0 = no limit.
+    pub log_limit: u64,
+    /// The auth pattern.
+    pub pattern: Regex,
+}
+
+/// The exit code of a finished process, as the shell's `$?` gives it.
+pub fn exit_code(status: ExitStatus) -> (i32, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(signal)) => (128 + signal, Some(signal)),
+        (None, None) => (255, None),
+    }
+}
+
+/// The output pump of a job: a task copying the pipe to the run log.
+struct Pump {
+    task: JoinHandle<OutputStats>,
+    stop: Option<oneshot::Sender<()>>,
+    matched: Option<oneshot::Receiver<()>>,
+}
+
+/// A running child in its own process group.
+pub struct Process {
+    child: Child,
+    pid: u32,
+    pump: Option<Pump>,
+    kill_at: Option<Instant>,
+    term_sent: bool,
+    kill_sent: bool,
+    timed_out: bool,
+    auth_killed: bool,
+}
+
+impl Process {
+    /// Starts the job with its output piped to the run log.
+    ///
+    /// # Errors
+    ///
+    /// When the command cannot be started, with why.
+    pub fn spawn_job(spec: JobSpec<'_>) -> Result<Process, (SpawnFailure, io::Error)> {
+        let (reader, writer) = io::pipe().map_err(|e| (SpawnFailure::Other, e))?;
+        let writer_for_stderr = writer.try_clone().map_err(|e| (SpawnFailure::Other, e))?;
+        let mut command = Command::new(&spec.argv[0]);
+        command
+            .args(&spec.argv[1..])
+            .env_remove("TRACEPARENT")
+            .env_remove("TRACESTATE")
+            .envs(spec.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::from(writer_for_stderr))
+            .process_group(0);
+        let child = command
+            .spawn()
+            .map_err(|e| (SpawnFailure::from_io(&e), e))?;
+        // The parent's copies of the write end must be gone, or the pipe
+        // never reports end of output.
+        drop(command);
+        let reader = std::os::fd::OwnedFd::from(reader);
+        let _ = nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        let receiver =
+            pipe::Receiver::from_owned_fd(reader).map_err(|e| (SpawnFailure::Other, e))?;
+        let (matched_tx, matched_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let matcher = AuthMatcher::new(spec.pattern);
+        let task = tokio::spawn(pump(
+            receiver,
+            spec.log,
+            spec.log_limit,
+            matcher,
+            matched_tx,
+            stop_rx,
+        ));
+        let pid = child.id().expect("a just-spawned child has a pid");
+        Ok(Process::new(
+            child,
+            pid,
+            Some(Pump {
+                task,
+                stop: Some(stop_tx),
+                matched: Some(matched_rx),
+            }),
+        ))
+    }
+
+    /// Starts `sh -c COMMAND` with jobloop's stdout and stderr (preflight,
+    /// hooks).
+    ///
+    /// # Errors
+    ///
+    /// When `sh` cannot be started.
+    pub fn spawn_shell(shell_command: &str) -> io::Result<Process> {
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(shell_command)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        let pid = child.id().expect("a just-spawned child has a pid");
+        Ok(Process::new(child, pid, None))
+    }
+
+    fn new(child: Child, pid: u32, pump: Option<Pump>) -> Process {
+        Process {
+            child,
+            pid,
+            pump,
+            kill_at: None,
+            term_sent: false,
+            kill_sent: false,
+            timed_out: false,
+            auth_killed: false,
+        }
+    }
+
+    /// The child's pid, which is also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the child to exit, sending SIGKILL when a stop's grace runs
+    /// out. Cancel-safe.
+    pub async fn wait(&mut self) -> ExitStatus {
+        loop {
+            let deadline = self.kill_at.filter(|_| !self.kill_sent);
+            tokio::select! {
+                status = self.child.wait() => {
+                    // A failed wait means the child is gone already; report
+                    // it as killed rather than crash the loop.
+                    return status.unwrap_or_else(|_| {
+                        use std::os::unix::process::ExitStatusExt;
+                        ExitStatus::from_raw(9)
+                    });
+                }
+                _ = sleep_until_opt(deadline) => self.kill_now(),
+            }
+        }
+    }
+
+    /// Takes the signal that fires once when the auth pattern matches the
+    /// job's output (`None` for a child without an output pump, or when
+    /// already taken).
+    pub fn take_auth_signal(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.pump.as_mut().and_then(|pump| pump.matched.take())
+    }
+
+    /// Asks the whole group (and what escaped it) to stop: SIGTERM now,
+    /// SIGKILL after `grace` unless it is gone.
+    pub fn stop(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.kill_at = Some(self.kill_at.map_or(deadline, |at| at.min(deadline)));
+        if !self.term_sent {
+            self.term_sent = true;
+            reaper::signal_descendants(Some(self.pid), Some(self.pid), Signal::SIGTERM);
+        }
+    }
+
+    /// Marks the stop as a timeout and stops the child.
+    pub fn stop_for_timeout(&mut self, grace: Duration) {
+        self.timed_out = true;
+        self.stop(grace);
+    }
+
+    /// Marks the stop as an auth kill and stops the child.
+    pub fn stop_for_auth(&mut self, grace: Duration) {
+        self.auth_killed = true;
+        self.stop(grace);
+    }
+
+    /// Sends SIGKILL to the whole group and what escaped it, now.
+    pub fn kill_now(&mut self) {
+        self.kill_sent = true;
+        self.term_sent = true;
+        reaper::signal_descendants(Some(self.pid), Some(self.pid), Signal::SIGKILL);
+    }
+
+    /// True once jobloop has asked the child to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.term_sent
+    }
+
+    /// Collects the report after [`wait`](Self::wait) returned `status`.
+    ///
+    /// Output still held open by a grandchild is read for at most
+    /// `drain_wait` after the job exited. When jobloop stopped the job,
+    /// whatever is left of its group and its escaped descendants is killed.
+    pub async fn finish(mut self, status: ExitStatus, drain_wait: Duration) -> RunReport {
+        if self.term_sent {
+            reaper::signal_descendants(Some(self.pid), None, Signal::SIGKILL);
+        }
+        let (exit_code, signal) = exit_code(status);
+        let mut report = RunReport {
+            exit_code,
+            signal,
+            timed_out: self.timed_out,
+            auth_killed: self.auth_killed,
+            killed: self.kill_sent,
+            ..RunReport::default()
+        };
+        if let Some(mut pump) = self.pump.take() {
+            let stats = match tokio::time::timeout(drain_wait, &mut pump.task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    if let Some(stop) = pump.stop.take() {
+                        let _ = stop.send(());
+                    }
+                    pump.task.await
+                }
+            };
+            report.output = stats.unwrap_or_default();
+            report.pattern_matched = report.output.pattern_matched;
+        }
+        report
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Copies the job's output to the run log, in arrival order, scanning it.
+///
+/// Past `limit` the output is still read and scanned, only not written;
+/// the log then ends with one line saying how much was dropped (SPEC §3).
+async fn pump(
+    mut receiver: pipe::Receiver,
+    mut log: Option<File>,
+    limit: u64,
+    mut matcher: AuthMatcher,
+    matched: oneshot::Sender<()>,
+    mut stop: oneshot::Receiver<()>,
+) -> OutputStats {
+    let mut stats = OutputStats::default();
+    let mut matched = Some(matched);
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut last_written = b'\n';
+    loop {
+        let read = tokio::select! {
+            biased;
+            read = receiver.read(&mut buffer) => read,
+            _ = &mut stop => break,
+        };
+        let count = match read {
+            Ok(0) => break,
+            Ok(count) => count,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let chunk = &buffer[..count];
+        stats.bytes_read += count as u64;
+        let now_matched = matcher.feed(chunk) || (count < READ_CHUNK && matcher.search_pending());
+        if now_matched {
+            if let Some(sender) = matched.take() {
+                let _ = sender.send(());
+            }
+        }
+        let room = if limit == 0 {
+            count as u64
+        } else {
+            limit.saturating_sub(stats.bytes_written)
+        };
+        let keep = (count as u64).min(room) as usize;
+        stats.bytes_dropped += (count - keep) as u64;
+        if keep > 0 {
+            if let Some(file) = log.as_mut() {
+                match file.write_all(&chunk[..keep]) {
+                    Ok(()) => {
+                        stats.bytes_written += keep as u64;
+                        last_written = chunk[keep - 1];
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot write the run log; the rest of this run's output is scanned but not kept");
+                        stats.write_error = Some(error.to_string());
+                        log = None;
+                    }
+                }
+            }
+        }
+    }
+    if matcher.search_pending() {
+        if let Some(sender) = matched.take() {
+            let _ = sender.send(());
+        }
+    }
+    stats.pattern_matched = matcher.is_matched();
+    if stats.bytes_dropped > 0 {
+        if let Some(file) = log.as_mut() {
+            let newline = if last_written == b'\n' { "" } else { "\n" };
+            let line = format!(
+                "{newline}# jobloop truncated: dropped={} limit={}\n",
+                stats.bytes_dropped, limit
+            );
+            if let Err(error) = file.write_all(line.as_bytes()) {
+                stats.write_error.get_or_insert(error.to_string());
+            }
+        }
+    }
+    stats
+}

@@ -1,0 +1,97 @@
+//! jobloop as the parent of last resort: child subreaper, zombie reaping,
+//! and finding the processes a job left behind.
+//!
+//! A job's daemonised grandchildren are re-parented to jobloop (it is a
+//! child subreaper, or PID 1 in a container). They are reaped here, but only
+//! by pid and never the child tokio owns, so tokio still sees its child's
+//! exit status (a `waitpid(-1)` would steal it).
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Makes orphaned descendants re-parent to jobloop instead of init.
+///
+/// # Errors
+///
+/// When the kernel refuses (not Linux, or no permission).
+pub fn become_subreaper() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+/// Reaps every exited child that is not `owned` (the child tokio waits
+/// for). Returns how many were reaped.
+pub fn reap_orphans(owned: Option<u32>) -> usize {
+    let mut reaped = 0;
+    loop {
+        let peek = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        );
+        let pid = match peek {
+            Ok(WaitStatus::StillAlive) | Err(_) => return reaped,
+            Ok(status) => match status.pid() {
+                Some(pid) => pid,
+                None => return reaped,
+            },
+        };
+        if owned == Some(pid.as_raw() as u32) {
+            // The owned child is first in line; the others wait until tokio
+            // has reaped it and the next SIGCHLD or sweep comes.
+            return reaped;
+        }
+        if waitpid(pid, Some(WaitPidFlag::WNOHANG)).is_ok() {
+            reaped += 1;
+        } else {
+            return reaped;
+        }
+    }
+}
+
+/// Living processes whose parent is jobloop, other than `owned`: the
+/// descendants that escaped their process group and were re-parented here.
+pub fn adopted_processes(owned: Option<u32>) -> Vec<Pid> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| Some(pid) != owned && pid != me)
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command name, which may itself hold spaces
+            // and parentheses: state, ppid, ...
+            let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+            ppid == Some(me) && state != "Z"
+        })
+        .map(|pid| Pid::from_raw(pid as i32))
+        .collect()
+}
+
+/// Sends `signal` to the process group `pgid` and to every adopted process.
+/// Errors (the group is already gone) are ignored: the aim is that nothing
+/// is left.
+pub fn signal_descendants(pgid: Option<u32>, owned: Option<u32>, signal: Signal) {
+    if let Some(pgid) = pgid {
+        let _ = killpg(Pid::from_raw(pgid as i32), signal);
+    }
+    for pid in adopted_processes(owned) {
+        // An adopted process may lead a group of its own (setsid daemons):
+        // signal that group too.
+        let _ = killpg(pid, signal);
+        let _ = kill(pid, signal);
+    }
+}
+
+/// True if any process is still in group `pgid`.
+pub fn group_alive(pgid: u32) -> bool {
+    killpg(Pid::from_raw(pgid as i32), None).is_ok()
+}

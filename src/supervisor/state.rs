@@ -1,0 +1,359 @@
+//! The daemon's state: the one value every view (state.json, `/health`,
+//! `/state`, metrics, `jobloop status`) is derived from.
+//!
+//! Only the supervisor changes it, and only through the transitions in
+//! [`Status::can_become`]. Each enum that reaches a file, a label or a span
+//! has one `as_str`, pinned to SPEC by the tests below.
+
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+/// Where the daemon is in its life (state.json `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Started, preflight not yet passed.
+    Starting,
+    /// A job is running.
+    Running,
+    /// The last run succeeded; sleeping AGENT_IDLE_SLEEP.
+    Idle,
+    /// The last run failed; sleeping the backoff.
+    Backoff,
+    /// Halted: preflight failed or too many consecutive failures.
+    Unhealthy,
+    /// Halted: the credentials expired.
+    TokenExpired,
+    /// Shutting down: no new job, the running one is being stopped.
+    Stopping,
+    /// Shut down; the last state a state.json shows after a clean exit.
+    Stopped,
+}
+
+impl Status {
+    /// Every status, in SPEC order (for the `jobloop_state` gauge).
+    pub const ALL: [Status; 8] = [
+        Status::Starting,
+        Status::Running,
+        Status::Idle,
+        Status::Backoff,
+        Status::Unhealthy,
+        Status::TokenExpired,
+        Status::Stopping,
+        Status::Stopped,
+    ];
+
+    /// The SPEC spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Idle => "idle",
+            Status::Backoff => "backoff",
+            Status::Unhealthy => "unhealthy",
+            Status::TokenExpired => "token-expired",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+        }
+    }
+
+    /// Parses the SPEC spelling (for `jobloop status` and the start-up check).
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+
+    /// True while the loop is halted and waits for a resume.
+    pub fn is_halted(self) -> bool {
+        matches!(self, Status::Unhealthy | Status::TokenExpired)
+    }
+
+    /// True while the daemon can take work (readiness).
+    pub fn is_ready(self) -> bool {
+        matches!(self, Status::Running | Status::Idle | Status::Backoff)
+    }
+
+    /// The allowed transitions: `to` may follow `self`.
+    ///
+    /// Starting -> [Running, Unhealthy]; Running -> [Idle, Backoff, Unhealthy,
+    /// TokenExpired]; Idle, Backoff -> Running; a halt -> [Running, the halt
+    /// itself after a failed recovery]; anything but Stopped -> Stopping;
+    /// Stopping -> Stopped.
+    pub fn can_become(self, to: Status) -> bool {
+        use Status::*;
+        match (self, to) {
+            (Stopped, _) => false,
+            (_, Stopping) => self != Stopping,
+            (Stopping, Stopped) => true,
+            (Stopping, _) => false,
+            (_, Stopped) => false,
+            (Starting, Running | Unhealthy) => true,
+            (Running, Idle | Backoff | Unhealthy | TokenExpired) => true,
+            (Idle | Backoff, Running) => true,
+            (Unhealthy | TokenExpired, Running) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Why the daemon is in its status (state.json `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The preflight command failed or timed out.
+    PreflightFailed,
+    /// AGENT_MAX_FAILURES consecutive failures.
+    MaxFailures,
+    /// The job exited with a failing (or the auth) exit code.
+    ExitCode,
+    /// The auth pattern matched the job's output.
+    Pattern,
+    /// The job ran longer than AGENT_JOB_TIMEOUT.
+    Timeout,
+    /// The command does not exist (exit code 127).
+    CommandNotFound,
+    /// The command exists but cannot be executed (exit code 126).
+    NotExecutable,
+}
+
+impl Reason {
+    /// The SPEC spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::PreflightFailed => "preflight-failed",
+            Reason::MaxFailures => "max-failures",
+            Reason::ExitCode => "exit-code",
+            Reason::Pattern => "pattern",
+            Reason::Timeout => "timeout",
+            Reason::CommandNotFound => "command-not-found",
+            Reason::NotExecutable => "not-executable",
+        }
+    }
+}
+
+/// How one run ended (metric label `outcome`, span attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0 and no auth pattern.
+    Success,
+    /// Non-zero exit, killed by a signal, or could not be started.
+    Failure,
+    /// Stopped by jobloop after AGENT_JOB_TIMEOUT.
+    Timeout,
+    /// The auth exit code or the auth pattern.
+    TokenExpired,
+}
+
+impl Outcome {
+    /// Every outcome (to pre-create metric series).
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Success,
+        Outcome::Failure,
+        Outcome::Timeout,
+        Outcome::TokenExpired,
+    ];
+
+    /// The SPEC spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Timeout => "timeout",
+            Outcome::TokenExpired => "token_expired",
+        }
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn serialize_status<S: Serializer>(status: &Status, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.as_str())
+}
+
+fn serialize_reason<S: Serializer>(reason: &Option<Reason>, s: S) -> Result<S::Ok, S::Error> {
+    match reason {
+        Some(reason) => s.serialize_str(reason.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_time<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => s.serialize_str(&rfc3339(*time)),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_outcome<S: Serializer>(outcome: &Option<Outcome>, s: S) -> Result<S::Ok, S::Error> {
+    match outcome {
+        Some(outcome) => s.serialize_str(outcome.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The state as published: state.json's keys, in the seed's spelling, plus
+/// jobloop's additions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Current status.
+    #[serde(serialize_with = "serialize_status")]
+    pub status: Status,
+    /// Why, where it applies.
+    #[serde(serialize_with = "serialize_reason")]
+    pub reason: Option<Reason>,
+    /// Start of the running job (kept after it ends, like the seed).
+    #[serde(serialize_with = "serialize_time")]
+    pub current_batch_started_at: Option<SystemTime>,
+    /// Consecutive failed runs.
+    pub consecutive_failures: u32,
+    /// End of the last finished run.
+    #[serde(serialize_with = "serialize_time")]
+    pub last_batch_at: Option<SystemTime>,
+    /// Exit code of the last run (128+N for signal N).
+    pub last_batch_exit: Option<i32>,
+    /// Outcome of the last run.
+    #[serde(serialize_with = "serialize_outcome")]
+    pub last_outcome: Option<Outcome>,
+    /// End of the last successful run.
+    #[serde(serialize_with = "serialize_time")]
+    pub last_success_at: Option<SystemTime>,
+    /// Number of the current or last iteration; the first is 1.
+    pub iteration: u64,
+    /// The backoff being slept, else 0.
+    pub backoff_seconds: f64,
+    /// Run log of the current or last iteration.
+    pub run_log: Option<String>,
+    /// Trace id of the current or last iteration.
+    pub trace_id: Option<String>,
+    /// jobloop's own pid.
+    pub pid: u32,
+    /// The running job's pid, else null.
+    pub job_pid: Option<u32>,
+    /// jobloop's version.
+    pub version: &'static str,
+    /// When the current status began.
+    #[serde(serialize_with = "serialize_time_required")]
+    pub status_since: SystemTime,
+}
+
+fn serialize_time_required<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*time))
+}
+
+impl Snapshot {
+    /// The state of a daemon that has just started.
+    pub fn starting(now: SystemTime) -> Snapshot {
+        Snapshot {
+            status: Status::Starting,
+            reason: None,
+            current_batch_started_at: None,
+            consecutive_failures: 0,
+            last_batch_at: None,
+            last_batch_exit: None,
+            last_outcome: None,
+            last_success_at: None,
+            iteration: 0,
+            backoff_seconds: 0.0,
+            run_log: None,
+            trace_id: None,
+            pid: std::process::id(),
+            job_pid: None,
+            version: env!("CARGO_PKG_VERSION"),
+            status_since: now,
+        }
+    }
+
+    /// The state as JSON bytes, newline-terminated (state.json, `/state`).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut bytes =
+            serde_json::to_vec_pretty(self).expect("the snapshot has only plain fields");
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_match_the_spec() {
+        let statuses: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            statuses,
+            [
+                "starting",
+                "running",
+                "idle",
+                "backoff",
+                "unhealthy",
+                "token-expired",
+                "stopping",
+                "stopped"
+            ]
+        );
+        let outcomes: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(outcomes, ["success", "failure", "timeout", "token_expired"]);
+        let reasons = [
+            (Reason::PreflightFailed, "preflight-failed"),
+            (Reason::MaxFailures, "max-failures"),
+            (Reason::ExitCode, "exit-code"),
+            (Reason::Pattern, "pattern"),
+            (Reason::Timeout, "timeout"),
+            (Reason::CommandNotFound, "command-not-found"),
+            (Reason::NotExecutable, "not-executable"),
+        ];
+        for (reason, text) in reasons {
+            assert_eq!(reason.as_str(), text);
+        }
+        for status in Status::ALL {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+    }
+
+    #[test]
+    fn transitions_follow_the_loop() {
+        use Status::*;
+        assert!(Starting.can_become(Running));
+        assert!(Starting.can_become(Unhealthy));
+        assert!(Running.can_become(TokenExpired));
+        assert!(Idle.can_become(Running));
+        assert!(Unhealthy.can_become(Running));
+        assert!(Running.can_become(Stopping));
+        assert!(Stopping.can_become(Stopped));
+        assert!(!Idle.can_become(Backoff));
+        assert!(!Starting.can_become(Idle));
+        assert!(!Stopped.can_become(Running));
+        assert!(!Stopping.can_become(Running));
+        assert!(!Running.can_become(Stopped));
+    }
+
+    #[test]
+    fn json_has_every_seed_key() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&Snapshot::starting(SystemTime::UNIX_EPOCH).to_json()).unwrap();
+        for key in [
+            "status",
+            "reason",
+            "currentBatchStartedAt",
+            "consecutiveFailures",
+            "lastBatchAt",
+            "lastBatchExit",
+            "iteration",
+            "backoffSeconds",
+            "runLog",
+            "traceId",
+            "pid",
+            "jobPid",
+            "version",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(json["status"], "starting");
+        assert_eq!(json["statusSince"], "1970-01-01T00:00:00.000Z");
+    }
+}

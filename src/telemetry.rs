@@ -1,0 +1,330 @@
+//! The daemon's own log (stderr, text or JSON) and its OpenTelemetry
+//! traces: one `jobloop.iteration` span per run, `jobloop.preflight` and
+//! `jobloop.backoff` spans, exported over OTLP when an endpoint is set.
+//!
+//! The only module that touches `opentelemetry*` (their APIs move between
+//! releases). Spans are built with `tracing` and turned into OpenTelemetry
+//! spans by tracing-opentelemetry. Each layer has its own filter: a global
+//! one would drop the spans whenever the log level is above info.
+//! A tracer provider is installed even without an exporter, so that every
+//! run has real W3C ids for its run-log header and the job's TRACEPARENT.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{Status as SpanStatus, TraceContextExt, TracerProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use tracing::Level;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::config::{LogFormat, OtlpProtocol, Settings};
+
+/// The tracing target of the spans that become OpenTelemetry spans.
+const SPAN_TARGET: &str = "jobloop::span";
+
+/// Export failures are logged at most this often.
+const EXPORT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Handle on the tracer provider, to flush spans at shutdown.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+/// Installs the daemon's log and the tracer. Must run inside the Tokio
+/// runtime that will keep running until [`Telemetry::shutdown`] (the gRPC
+/// exporter's connection lives there).
+///
+/// # Errors
+///
+/// When the OTLP exporter cannot be built from the `OTEL_*` settings.
+pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
+    let mut provider = SdkTracerProvider::builder().with_resource(resource());
+    let exporting = settings.otlp.endpoint.is_some();
+    if exporting {
+        let exporter = match settings.otlp.protocol {
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build(),
+            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build(),
+        }
+        .map_err(|error| anyhow::anyhow!("cannot set up the OTLP exporter: {error}"))?;
+        provider = provider.with_batch_exporter(ReportingExporter::new(exporter));
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer("jobloop");
+
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_filter(Targets::new().with_target(SPAN_TARGET, Level::INFO));
+    let log_filter = || {
+        // The exporter's own events are reported by ReportingExporter, at
+        // most once a minute, instead of on every failed batch.
+        EnvFilter::try_new(format!(
+            "{},{SPAN_TARGET}=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off,\
+             opentelemetry-otlp=off,tonic=off,h2=off,hyper=off,reqwest=off,tower=off",
+            settings.log_level
+        ))
+        .expect("the log level was validated with the settings")
+    };
+    let ansi = std::io::stderr().is_terminal();
+    let log_layer = match settings.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_filter(log_filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter())
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(log_layer)
+        .with(otel_layer)
+        .try_init()?;
+    Ok(Telemetry {
+        provider,
+        exporting,
+    })
+}
+
+/// Sets up only the daemon's log, for commands that trace nothing.
+pub fn init_log_only(level: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")))
+        .try_init();
+}
+
+fn resource() -> Resource {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
+    let builder = Resource::builder()
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if named {
+        builder.build()
+    } else {
+        builder.with_service_name("jobloop").build()
+    }
+}
+
+impl Telemetry {
+    /// Flushes the spans still queued and stops the exporter, waiting at
+    /// most `limit`; spans not sent by then are dropped.
+    pub async fn shutdown(self, limit: Duration) {
+        if !self.exporting {
+            return;
+        }
+        let provider = self.provider;
+        // Off the runtime's threads: the gRPC exporter needs this runtime
+        // running while the provider shuts down.
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(limit));
+        match tokio::time::timeout(limit, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "spans were not all flushed at shutdown"),
+            _ => {
+                tracing::warn!(limit = ?limit, "span flush did not finish within the shutdown grace")
+            }
+        }
+    }
+}
+
+/// Wraps the OTLP exporter to log its failures at most once a minute, with
+/// the number of spans dropped since the last report.
+#[derive(Debug)]
+struct ReportingExporter<E> {
+    inner: E,
+    reports: Mutex<ExportReports>,
+}
+
+#[derive(Debug, Default)]
+struct ExportReports {
+    last_logged: Option<Instant>,
+    dropped_since: u64,
+}
+
+impl<E: SpanExporter> ReportingExporter<E> {
+    fn new(inner: E) -> Self {
+        ReportingExporter {
+            inner,
+            reports: Mutex::new(ExportReports::default()),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for ReportingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let count = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        if let Err(error) = &result {
+            let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+            reports.dropped_since += count;
+            let due = reports
+                .last_logged
+                .is_none_or(|at| at.elapsed() >= EXPORT_ERROR_LOG_INTERVAL);
+            if due {
+                tracing::warn!(%error, dropped_spans = reports.dropped_since,
+                    "cannot export spans to the OTLP endpoint; dropping them (logged at most once a minute)");
+                reports.last_logged = Some(Instant::now());
+                reports.dropped_since = 0;
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The W3C ids of a span, as the run log and TRACEPARENT carry them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanIds {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+    /// Sampled flag.
+    pub sampled: bool,
+}
+
+impl SpanIds {
+    /// The W3C `traceparent` value.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{}",
+            self.trace_id,
+            self.span_id,
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+}
+
+/// A span of the loop (iteration, preflight, backoff), ended when dropped.
+pub struct LoopSpan {
+    span: tracing::Span,
+}
+
+impl LoopSpan {
+    /// Starts the `jobloop.iteration` span of iteration `n`.
+    pub fn iteration(n: u64) -> LoopSpan {
+        let span = tracing::info_span!(target: SPAN_TARGET, parent: None, "jobloop.iteration");
+        span.set_attribute("jobloop.iteration", n as i64);
+        LoopSpan { span }
+    }
+
+    /// Starts the `jobloop.preflight` span.
+    pub fn preflight() -> LoopSpan {
+        LoopSpan {
+            span: tracing::info_span!(target: SPAN_TARGET, parent: None, "jobloop.preflight"),
+        }
+    }
+
+    /// Starts a `jobloop.backoff` span, a child of the iteration that failed.
+    pub fn backoff(after: Option<&SpanIds>, seconds: f64, iteration: u64) -> LoopSpan {
+        let span = tracing::info_span!(target: SPAN_TARGET, parent: None, "jobloop.backoff");
+        if let Some(parent) = after.and_then(remote_context) {
+            let _ = span.set_parent(parent);
+        }
+        span.set_attribute("jobloop.backoff.seconds", seconds);
+        span.set_attribute("jobloop.iteration", iteration as i64);
+        LoopSpan { span }
+    }
+
+    /// The span's W3C ids.
+    pub fn ids(&self) -> SpanIds {
+        let context = self.span.context();
+        let span = context.span();
+        let span_context = span.span_context();
+        SpanIds {
+            trace_id: span_context.trace_id().to_string(),
+            span_id: span_context.span_id().to_string(),
+            sampled: span_context.is_sampled(),
+        }
+    }
+
+    /// Sets a string attribute.
+    pub fn set_str(&self, key: &'static str, value: impl Into<String>) {
+        self.span.set_attribute(key, value.into());
+    }
+
+    /// Sets an integer attribute.
+    pub fn set_int(&self, key: &'static str, value: i64) {
+        self.span.set_attribute(key, value);
+    }
+
+    /// Adds an event with no attributes.
+    pub fn event(&self, name: &'static str) {
+        self.span.add_event(name, Vec::new());
+    }
+
+    /// Marks the span failed, with a short fixed description (never job
+    /// output: no secret may reach a span).
+    pub fn set_error(&self, description: &'static str) {
+        self.span.set_status(SpanStatus::error(description));
+    }
+
+    /// Marks the span successful.
+    pub fn set_ok(&self) {
+        self.span.set_status(SpanStatus::Ok);
+    }
+}
+
+fn remote_context(ids: &SpanIds) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let trace_id = TraceId::from_hex(&ids.trace_id).ok()?;
+    let span_id = SpanId::from_hex(&ids.span_id).ok()?;
+    let flags = if ids.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let context = SpanContext::new(trace_id, span_id, flags, false, TraceState::default());
+    Some(opentelemetry::Context::new().with_remote_span_context(context))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_format() {
+        let ids = SpanIds {
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: "b7ad6b7169203331".into(),
+            sampled: true,
+        };
+        assert_eq!(
+            ids.traceparent(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+    }
+}
