@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit and black-box tests (on one
+# release build), then the checks of what operators deploy (promtool rules
+# and unit tests, dashboard, compose, Kubernetes) and the end-to-end test
+# with a real Prometheus scraping jobloop. `.ci/run` installs the tools and
+# runs this same script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --release --all-targets --locked -- -D warnings
+
+step "cargo test --release (unit and black-box tests)"
+cargo test --release --locked
+
+bin="$PWD/target/release/jobloop"
+
+if [ -x tests/deploy/check.sh ]; then
+  step "deploy files: alerts, dashboard, compose, kubernetes"
+  tests/deploy/check.sh
+fi
+
+if [ -x tests/deploy/prometheus-e2e.sh ]; then
+  step "end to end: a real Prometheus scrapes jobloop"
+  tests/deploy/prometheus-e2e.sh "$bin"
+fi
+
+if [ -x bench/run.sh ]; then
+  step "benchmark smoke (few iterations, no thresholds)"
+  BENCH_SMOKE=1 bench/run.sh
+fi
+
+step "all tests passed"
