@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""Offline checks of the operator-facing files, called by tests/deploy/check.sh.
+
+    python3 tests/deploy/lint.py alerts      # rules vs runbook vs unit tests
+    python3 tests/deploy/lint.py dashboard   # panel queries use only known metrics
+    python3 tests/deploy/lint.py compose     # compose mounts exist, ports/env agree with SPEC
+    python3 tests/deploy/lint.py kubernetes  # probes, grace, resources, security, scrape
+    python3 tests/deploy/lint.py prometheusrule-spec OUT  # write the PrometheusRule's spec as a rule file
+
+Each prints one `ok` or `FAIL` line per fact it checks and exits 1 if any
+failed. Needs python3 and PyYAML only. Reads nothing outside the repository.
+"""
+import json
+import pathlib
+import re
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HERE = ROOT / "tests" / "deploy"
+PORT = 9464  # SPEC section 1: AGENT_LISTEN default 0.0.0.0:9464
+
+failures = 0
+
+
+def ok(msg):
+    print(f"ok   {msg}")
+
+
+def fail(msg):
+    global failures
+    failures += 1
+    print(f"FAIL {msg}")
+
+
+def expect(cond, msg):
+    (ok if cond else fail)(msg)
+    return cond
+
+
+def load_yaml(rel):
+    return yaml.safe_load((ROOT / rel).read_text())
+
+
+def metric_names():
+    """SPEC section 7 names (plus the two extra counters) -> type."""
+    names = {}
+    for line in (HERE / "metric-names.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, kind = line.split()
+            names[name] = kind
+    return names
+
+
+def settings():
+    return {l.strip() for l in (HERE / "settings.txt").read_text().splitlines()
+            if l.strip() and not l.startswith("#")}
+
+
+def seconds(value):
+    """SPEC section 1 durations: bare integer = seconds, or 500ms / 25s / 5m / 1h."""
+    value = str(value).strip()
+    if re.fullmatch(r"\d+", value):
+        return float(value)
+    total, pos = 0.0, 0
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    for m in re.finditer(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", value):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * units[m.group(2)]
+        pos = m.end()
+    if pos != len(value) or not value:
+        raise ValueError(f"not a duration: {value!r}")
+    return total
+
+
+def github_anchor(heading):
+    slug = heading.strip().lower()
+    slug = re.sub(r"[^\w\- ]", "", slug)
+    return slug.replace(" ", "-")
+
+
+# --------------------------------------------------------------------- alerts
+def check_alerts():
+    rules = load_yaml("alerts/jobloop.rules.yml")
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    expect(len(alerts) >= 8, f"{len(alerts)} alerts in alerts/jobloop.rules.yml")
+    required = {"JobloopDown", "JobloopUnhealthy", "JobloopTokenExpired", "JobloopFailing", "JobloopStalled",
+                "JobloopIterationTooLong", "JobloopHookFailing", "JobloopFleetHalted"}
+    names = [a["alert"] for a in alerts]
+    expect(required <= set(names), f"the alerts of STYLE section 7 exist (missing: {sorted(required - set(names))})")
+    expect(len(names) == len(set(names)), "alert names are unique")
+
+    runbook = (ROOT / "alerts/runbook.md").read_text()
+    headings = re.findall(r"^#{2,4} (.+)$", runbook, re.M)
+    anchors = {github_anchor(h) for h in headings}
+    sections = {h.strip() for h in re.findall(r"^## (.+)$", runbook, re.M)}
+
+    tests = {}
+    for path in sorted((ROOT / "alerts/tests").glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        for t in doc.get("tests", []):
+            for case in t.get("alert_rule_test", []):
+                kind = "fires" if case.get("exp_alerts") else "silent"
+                tests.setdefault(case["alertname"], {"fires": 0, "silent": 0})[kind] += 1
+                for exp in case.get("exp_alerts") or []:
+                    ann = exp.get("exp_annotations", {})
+                    if set(ann) != {"summary", "description", "runbook_url"} or "severity" not in exp.get("exp_labels", {}):
+                        fail(f"{path.relative_to(ROOT)}: a firing case of {case['alertname']} lacks full labels/annotations")
+
+    for a in alerts:
+        n = a["alert"]
+        labels, ann = a.get("labels", {}), a.get("annotations", {})
+        expect(re.fullmatch(r"Jobloop[A-Z][A-Za-z]+", n) is not None, f"{n}: CamelCase with prefix Jobloop")
+        expect(labels.get("severity") in {"critical", "warning", "info"}, f"{n}: severity {labels.get('severity')!r}")
+        s = ann.get("summary", "")
+        expect(s.endswith(".") and "{{" not in s, f"{n}: summary is static and ends in a period")
+        expect("{{" in ann.get("description", ""), f"{n}: description is templated")
+        url = ann.get("runbook_url", "")
+        expect(url == f"alerts/runbook.md#{n.lower()}", f"{n}: runbook_url {url!r}")
+        expect(n in sections and n.lower() in anchors, f"{n}: runbook section '## {n}' (anchor #{n.lower()})")
+        expect(bool(a.get("for")), f"{n}: has a for: duration")
+        t = tests.get(n, {"fires": 0, "silent": 0})
+        expect(t["fires"] >= 1 and t["silent"] >= 2,
+               f"{n}: unit tests with {t['fires']} firing and {t['silent']} silent cases (need >= 1 and >= 2)")
+    for sec in sections:
+        if sec.startswith("Jobloop"):
+            expect(sec in names, f"runbook section {sec} belongs to an alert")
+    links = set(re.findall(r"\]\(#([^)]+)\)", runbook))
+    missing = sorted(l for l in links if l not in anchors)
+    expect(not missing, f"runbook's internal links resolve (broken: {missing})")
+
+
+# ------------------------------------------------------------------ dashboard
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+                "offset", "inf", "nan", "e"}
+
+
+def promql_metrics(expr):
+    """Metric names in a PromQL expression (a small lexer, not a parser)."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)          # strings
+    e = re.sub(r"\{[^}]*\}", "{}", e)                        # label matchers
+    e = re.sub(r"\[[^\]]*\]", "[]", e)                       # ranges
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
+        word = m.group(0)
+        rest = e[m.end():].lstrip()
+        if word.lower() in PROMQL_WORDS or rest.startswith("(") or word.startswith("$"):
+            continue
+        if m.start() > 0 and e[m.start() - 1] in "$.":
+            continue
+        names.add(word)
+    return names
+
+
+def panels_of(dash):
+    for p in dash.get("panels", []):
+        yield p
+        yield from p.get("panels", [])
+
+
+def check_dashboard():
+    dash = json.loads((ROOT / "dashboards/jobloop.json").read_text())
+    known = metric_names()
+    allowed = set(known)
+    for n, kind in known.items():
+        if kind == "histogram":
+            allowed |= {f"{n}_bucket", f"{n}_sum", f"{n}_count"}
+    used, ids, boxes = set(), set(), []
+    for p in panels_of(dash):
+        title = p.get("title", "?")
+        if p.get("id") in ids:
+            fail(f"panel {title!r}: duplicate id {p.get('id')}")
+        ids.add(p.get("id"))
+        if p.get("type") == "row":
+            continue
+        g = p["gridPos"]
+        boxes.append((title, g["x"], g["y"], g["w"], g["h"]))
+        expect(bool(p.get("description")), f"panel {title!r}: has a description")
+        for t in p.get("targets", []):
+            ds = (t.get("datasource") or p.get("datasource") or {}).get("uid")
+            expect(ds == "${datasource}", f"panel {title!r} {t.get('refId')}: data source is ${{datasource}}")
+            for name in promql_metrics(t["expr"]):
+                is_known = name in allowed or name.startswith("process_") or name == "up"
+                expect(is_known, f"panel {title!r} {t.get('refId')}: metric {name} is in metric-names.txt")
+                used.add(re.sub(r"_(bucket|sum|count)$", "", name) if name not in known else name)
+            if "$job" not in t["expr"] and "${job}" not in t["expr"]:
+                fail(f"panel {title!r} {t.get('refId')}: query does not filter on $job")
+    for i, (t1, x1, y1, w1, h1) in enumerate(boxes):
+        for t2, x2, y2, w2, h2 in boxes[i + 1:]:
+            if x1 < x2 + w2 and x2 < x1 + w1 and y1 < y2 + h2 and y2 < y1 + h1:
+                fail(f"panels {t1!r} and {t2!r} overlap")
+    unused = sorted(n for n in known if n not in used)
+    print(f"info metrics shown on no panel: {', '.join(unused) or 'none'}")
+    ds = load_yaml("dashboards/provisioning/datasources.yaml")
+    uids = {d["uid"]: d["type"] for d in ds["datasources"]}
+    expect(uids.get("prometheus") == "prometheus", "provisioning: Prometheus data source with uid 'prometheus'")
+    expect(any(t in {"jaeger", "tempo", "zipkin"} for t in uids.values()), "provisioning: a trace data source")
+    prov = load_yaml("dashboards/provisioning/dashboards.yaml")
+    paths = [p["options"]["path"] for p in prov["providers"]]
+    expect(len(paths) == 1, f"provisioning: one dashboard provider ({paths})")
+
+
+# -------------------------------------------------------------------- compose
+def dockerignored(rel, patterns):
+    first = rel.split("/")[0]
+    return any(p.strip("/") in (rel, first) for p in patterns)
+
+
+def check_compose():
+    compose = load_yaml("docker-compose.yml")
+    services = compose["services"]
+    known = settings()
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0] if isinstance(vol, str) else vol.get("source", "")
+            if src.startswith((".", "/")):
+                expect((ROOT / src).exists(), f"compose {name}: mounted {src} exists")
+        build = svc.get("build")
+        if build:
+            ctx = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+            dockerfile = ctx / ("Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile"))
+            expect(dockerfile.is_file(), f"compose {name}: {dockerfile.relative_to(ROOT)} exists")
+            ignore = [l.strip() for l in (ctx / ".dockerignore").read_text().splitlines()
+                      if l.strip() and not l.startswith("#")] if (ctx / ".dockerignore").exists() else []
+            text = dockerfile.read_text()
+            for line in re.findall(r"^COPY\s+(.+)$", text, re.M):
+                parts = [p for p in line.split() if not p.startswith("--")]
+                if "--from" in line:
+                    continue
+                for src in parts[:-1]:
+                    if src == ".":
+                        continue
+                    expect((ctx / src).exists() and not dockerignored(src, ignore),
+                           f"Dockerfile: COPY source {src} exists and is not in .dockerignore")
+            expect(re.search(rf"^EXPOSE\s+{PORT}\b", text, re.M) is not None, f"Dockerfile: EXPOSE {PORT}")
+            expect(re.search(rf"^HEALTHCHECK .*\n?.*127\.0\.0\.1:{PORT}", text, re.M) is not None,
+                   f"Dockerfile: HEALTHCHECK asks the daemon on port {PORT}")
+            expect(re.search(r"^USER\s+(?!0\b|root\b)\S+", text, re.M) is not None, "Dockerfile: runs as a non-root USER")
+            for var in re.findall(r"\b(AGENT_[A-Z_]+)=", text):
+                expect(var in known, f"Dockerfile: {var} is a SPEC section 1 setting")
+
+    jl = services.get("jobloop", {})
+    env = jl.get("environment", {})
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    for var in env:
+        if var.startswith("AGENT_"):
+            expect(var in known, f"compose jobloop: {var} is a SPEC section 1 setting")
+    listen = str(env.get("AGENT_LISTEN", f"0.0.0.0:{PORT}"))
+    expect(listen.endswith(f":{PORT}"), f"compose jobloop: AGENT_LISTEN {listen} uses port {PORT}")
+    ports = [str(p) for p in jl.get("ports", [])]
+    expect(any(p.split(":")[-1].split("/")[0] == str(PORT) for p in ports), f"compose jobloop: publishes {PORT} ({ports})")
+    grace = seconds(env.get("AGENT_SHUTDOWN_GRACE", "25s"))
+    stop = seconds(jl.get("stop_grace_period", "10s"))
+    expect(stop > grace, f"compose jobloop: stop_grace_period {stop:g}s > AGENT_SHUTDOWN_GRACE {grace:g}s")
+    expect(str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).endswith(":4317"),
+           "compose jobloop: exports OTLP (gRPC, 4317) to the trace backend")
+    expect(any("jaeger" in str(s.get("image", "")) for s in services.values()), "compose: a Jaeger service")
+
+    prom = load_yaml("deploy/compose/prometheus.yml")
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    targets = [t for sc in jobs.get("jobloop", {}).get("static_configs", []) for t in sc["targets"]]
+    expect(targets == [f"jobloop:{PORT}"], f"prometheus.yml: job 'jobloop' scrapes jobloop:{PORT} ({targets})")
+    mounts = [v for v in services["prometheus"]["volumes"] if v.startswith("./alerts/jobloop.rules.yml:")]
+    rule_glob = prom["rule_files"][0]
+    in_glob = bool(mounts) and pathlib.PurePosixPath(mounts[0].split(":")[1]).match(rule_glob)
+    expect(in_glob, f"compose prometheus: alerts/jobloop.rules.yml is mounted where rule_files ({rule_glob}) finds it")
+    am = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    expect("alertmanager" in services and am == ["alertmanager:9093"], "prometheus.yml: sends to the Alertmanager service")
+
+    graf = services["grafana"]
+    genv = graf.get("environment", {})
+    expect(str(genv.get("GF_AUTH_ANONYMOUS_ENABLED")).lower() == "true", "compose grafana: anonymous viewing on")
+    prov_path = load_yaml("dashboards/provisioning/dashboards.yaml")["providers"][0]["options"]["path"]
+    dash_mount = [v for v in graf["volumes"] if v.startswith("./dashboards/jobloop.json:")]
+    expect(bool(dash_mount) and dash_mount[0].split(":")[1].startswith(prov_path + "/"),
+           f"compose grafana: the dashboard is mounted under the provider path {prov_path}")
+    ds = load_yaml("dashboards/provisioning/datasources.yaml")
+    for d in ds["datasources"]:
+        host = re.match(r"https?://([^:/]+)", d["url"]).group(1)
+        expect(host in services, f"provisioning: data source {d['name']} points at compose service {host}")
+
+
+# ----------------------------------------------------------------- kubernetes
+def k8s_docs():
+    docs = []
+    for path in sorted((ROOT / "deploy/kubernetes").glob("*.yaml")):
+        for d in yaml.safe_load_all(path.read_text()):
+            if d:
+                docs.append((path.name, d))
+    return docs
+
+
+def check_kubernetes():
+    docs = k8s_docs()
+    by_kind = {}
+    for name, d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    known = settings()
+    dep = by_kind["Deployment"][0]
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+    expect(spec.get("replicas", 1) > 1, f"Deployment: replicas {spec.get('replicas')} > 1")
+    for var in env:
+        if var.startswith("AGENT_"):
+            expect(var in known, f"Deployment: {var} is a SPEC section 1 setting")
+    listen = env.get("AGENT_LISTEN", {}).get("value", f"0.0.0.0:{PORT}")
+    expect(listen.endswith(f":{PORT}"), f"Deployment: AGENT_LISTEN {listen} uses port {PORT}")
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    expect(PORT in ports.values(), f"Deployment: containerPort {PORT}")
+
+    def probe(kind, path):
+        p = c.get(kind, {}).get("httpGet", {})
+        port = p.get("port")
+        port = ports.get(port, port)
+        expect(p.get("path") == path and port == PORT, f"Deployment: {kind} GET {path} on {PORT} (got {p.get('path')} on {port})")
+
+    probe("livenessProbe", "/livez")
+    probe("readinessProbe", "/readyz")
+    expect("startupProbe" in c, "Deployment: has a startupProbe")
+    grace = seconds(env.get("AGENT_SHUTDOWN_GRACE", {}).get("value", "25s"))
+    tgp = pod.get("terminationGracePeriodSeconds", 30)
+    expect(tgp > grace, f"Deployment: terminationGracePeriodSeconds {tgp} > AGENT_SHUTDOWN_GRACE {grace:g}s")
+    res = c.get("resources", {})
+    expect(all(k in res.get(s, {}) for s in ("requests", "limits") for k in ("cpu", "memory")),
+           "Deployment: cpu and memory requests and limits")
+    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+    non_root = (csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True
+                and csc.get("runAsUser", psc.get("runAsUser", 1)) != 0)
+    expect(non_root, "Deployment: non-root security context (runAsNonRoot, uid != 0)")
+    expect(csc.get("allowPrivilegeEscalation") is False, "Deployment: allowPrivilegeEscalation false")
+    secret_vols = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    mounted = [m for m in c.get("volumeMounts", []) if m["name"] in secret_vols]
+    secrets = {d["metadata"]["name"] for d in by_kind.get("Secret", [])}
+    expect(bool(mounted) and all(secret_vols[m["name"]] in secrets for m in mounted),
+           f"Deployment: a Secret of deploy/kubernetes is mounted as files ({[m['mountPath'] for m in mounted]})")
+    labels = spec["template"]["metadata"]["labels"]
+    ann = spec["template"]["metadata"].get("annotations", {})
+    expect(ann.get("prometheus.io/port") == str(PORT), f"Deployment: scrape annotations name port {PORT}")
+    pm = by_kind.get("PodMonitor", [None])[0]
+    if expect(pm is not None, "PodMonitor exists"):
+        # kubernetes-validate has no schema for this CRD: check its fields here.
+        allowed = {"jobLabel", "selector", "podMetricsEndpoints", "namespaceSelector", "podTargetLabels",
+                   "sampleLimit", "targetLimit"}
+        expect(set(pm["spec"]) <= allowed, f"PodMonitor: known spec fields ({sorted(pm['spec'])})")
+        sel = pm["spec"]["selector"].get("matchLabels", {})
+        expect(bool(sel) and all(labels.get(k) == v for k, v in sel.items()), "PodMonitor: selector matches the pods")
+        expect(pm["spec"].get("jobLabel") in labels and labels[pm["spec"]["jobLabel"]] == "jobloop",
+               "PodMonitor: jobLabel makes the scrape job 'jobloop'")
+        for ep in pm["spec"]["podMetricsEndpoints"]:
+            expect(ep.get("port") in ports and ep.get("path", "/metrics") == "/metrics",
+                   f"PodMonitor: endpoint port {ep.get('port')} path {ep.get('path')}")
+    pr = by_kind.get("PrometheusRule", [None])[0]
+    if expect(pr is not None, "PrometheusRule exists"):
+        expect(set(pr["spec"]) == {"groups"}, "PrometheusRule: spec has only groups")
+
+
+def write_prometheusrule_spec(out):
+    pr = next(d for _, d in k8s_docs() if d["kind"] == "PrometheusRule")
+    pathlib.Path(out).write_text(yaml.safe_dump(pr["spec"], sort_keys=False))
+
+
+def main():
+    cmd = sys.argv[1:2]
+    if cmd == ["alerts"]:
+        check_alerts()
+    elif cmd == ["dashboard"]:
+        check_dashboard()
+    elif cmd == ["compose"]:
+        check_compose()
+    elif cmd == ["kubernetes"]:
+        check_kubernetes()
+    elif cmd == ["prometheusrule-spec"] and len(sys.argv) == 3:
+        write_prometheusrule_spec(sys.argv[2])
+    else:
+        print(__doc__.strip())
+        return 2
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
