@@ -156,3 +156,203 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::state::Status;
+    use crate::supervisor::ResumeAnswer;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use std::time::SystemTime;
+    use tower::ServiceExt;
+
+    /// A router over a snapshot in `status`, with a fake loop that answers
+    /// pings (when `alive`) and resumes (Resumed when halted).
+    fn app(status: Status, token: Option<&str>, alive: bool) -> Router {
+        let mut snapshot = Snapshot::starting(SystemTime::now());
+        snapshot.status = status;
+        let metrics = Arc::new(Metrics::new());
+        metrics.observe(&snapshot);
+        let (_publisher, receiver) = watch::channel(snapshot);
+        // Keep the sender alive for the test's duration.
+        std::mem::forget(_publisher);
+        let (sender, mut commands) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                match command {
+                    Command::Ping(reply) if alive => {
+                        let _ = reply.send(());
+                    }
+                    Command::Ping(reply) => std::mem::forget(reply),
+                    Command::Resume {
+                        reply: Some(reply), ..
+                    } => {
+                        let answer = if status.is_halted() {
+                            ResumeAnswer::Resumed
+                        } else {
+                            ResumeAnswer::NotHalted
+                        };
+                        let _ = reply.send(answer);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        router(AppState {
+            snapshot: receiver,
+            commands: sender,
+            metrics,
+            admin_token: token.map(Arc::from),
+            liveness: Arc::new(Liveness::new(Duration::from_millis(200))),
+        })
+    }
+
+    async fn call(
+        app: Router,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = app
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).to_string())
+    }
+
+    #[tokio::test]
+    async fn health_is_503_only_while_halted() {
+        for status in Status::ALL {
+            let (code, body) = call(app(status, None, true), "GET", "/health", None).await;
+            let expected = if status.is_halted() { 503 } else { 200 };
+            assert_eq!(code.as_u16(), expected, "{status:?}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["status"], status.as_str());
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_is_200_only_while_taking_work() {
+        for status in Status::ALL {
+            let (code, _) = call(app(status, None, true), "GET", "/readyz", None).await;
+            let expected = if matches!(status, Status::Running | Status::Idle | Status::Backoff) {
+                200
+            } else {
+                503
+            };
+            assert_eq!(code.as_u16(), expected, "{status:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn livez_follows_the_loop_not_the_state() {
+        for status in [
+            Status::Running,
+            Status::Unhealthy,
+            Status::TokenExpired,
+            Status::Backoff,
+        ] {
+            let (code, _) = call(app(status, None, true), "GET", "/livez", None).await;
+            assert_eq!(code, StatusCode::OK, "{status:?}");
+        }
+        let (code, body) = call(
+            app(Status::Idle, None, false),
+            "GET",
+            "/livez?verbose",
+            None,
+        )
+        .await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("[-]supervisor-loop failed"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn verbose_lists_each_check() {
+        let (code, body) = call(
+            app(Status::TokenExpired, None, true),
+            "GET",
+            "/readyz?verbose",
+            None,
+        )
+        .await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("[+]supervisor-loop ok"), "{body}");
+        assert!(
+            body.contains("[-]state failed: halted (token-expired)"),
+            "{body}"
+        );
+        let (_, body) = call(app(Status::Idle, None, true), "GET", "/livez?verbose", None).await;
+        assert!(body.contains("[+]supervisor-loop ok"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn state_metrics_404_405() {
+        let (code, body) = call(app(Status::Unhealthy, None, true), "GET", "/state", None).await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("\"status\": \"unhealthy\""), "{body}");
+        let (code, body) = call(app(Status::Idle, None, true), "GET", "/metrics", None).await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("jobloop_state{state=\"idle\"} 1"));
+        let (code, _) = call(app(Status::Idle, None, true), "GET", "/nope", None).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        let (code, _) = call(app(Status::Idle, None, true), "POST", "/metrics", None).await;
+        assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+        let (code, _) = call(app(Status::Idle, None, true), "GET", "/resume", None).await;
+        assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn resume_needs_the_right_token() {
+        let token = Some("s3cret");
+        let (code, _) = call(
+            app(Status::Unhealthy, None, true),
+            "POST",
+            "/resume",
+            Some("Bearer s3cret"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "no token configured");
+        let (code, _) = call(app(Status::Unhealthy, token, true), "POST", "/resume", None).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "missing");
+        let (code, _) = call(
+            app(Status::Unhealthy, token, true),
+            "POST",
+            "/resume",
+            Some("Bearer wrong"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "wrong");
+        let (code, _) = call(
+            app(Status::Unhealthy, token, true),
+            "POST",
+            "/resume",
+            Some("s3cret"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "not a bearer");
+        let (code, _) = call(
+            app(Status::Unhealthy, token, true),
+            "POST",
+            "/resume",
+            Some("Bearer s3cret"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "right");
+        let (code, _) = call(
+            app(Status::Idle, token, true),
+            "POST",
+            "/resume",
+            Some("Bearer s3cret"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CONFLICT, "not halted");
+    }
+}

@@ -1,1 +1,422 @@
-use crate::util;
+//! Traces: a real OTLP receiver in the test (gRPC via the generated tonic
+//! TraceService, and HTTP/protobuf via axum + prost) gets one
+//! `jobloop.iteration` span per run with every SPEC §8 attribute, and the
+//! same trace id as the run-log header and the job's TRACEPARENT.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message;
+
+use crate::util::{read, Harness};
+
+/// Everything a receiver got.
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+/// One received span, flattened.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    status_code: i32,
+    attributes: HashMap<String, String>,
+    events: Vec<String>,
+    resource: HashMap<String, String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Received {
+    fn spans(&self) -> Vec<ReceivedSpan> {
+        let requests = self.0.lock().unwrap();
+        let mut spans = Vec::new();
+        for request in requests.iter() {
+            for resource_spans in &request.resource_spans {
+                let resource: HashMap<String, String> = resource_spans
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .map(|kv| (kv.key.clone(), text(&kv.value)))
+                    .collect();
+                for scope in &resource_spans.scope_spans {
+                    for span in &scope.spans {
+                        spans.push(ReceivedSpan {
+                            name: span.name.clone(),
+                            trace_id: hex(&span.trace_id),
+                            span_id: hex(&span.span_id),
+                            parent_span_id: hex(&span.parent_span_id),
+                            status_code: span.status.as_ref().map_or(0, |s| s.code),
+                            attributes: span
+                                .attributes
+                                .iter()
+                                .map(|kv| (kv.key.clone(), text(&kv.value)))
+                                .collect(),
+                            events: span.events.iter().map(|e| e.name.clone()).collect(),
+                            resource: resource.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        spans
+    }
+
+    fn iterations(&self) -> Vec<ReceivedSpan> {
+        let mut spans: Vec<_> = self
+            .spans()
+            .into_iter()
+            .filter(|s| s.name == "jobloop.iteration")
+            .collect();
+        spans.sort_by_key(|s| {
+            s.attributes
+                .get("jobloop.iteration")
+                .and_then(|i| i.parse::<u64>().ok())
+        });
+        spans
+    }
+}
+
+struct GrpcSink(Received);
+
+#[tonic::async_trait]
+impl TraceService for GrpcSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0 .0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A runtime serving one receiver; dropped at the end of the test.
+struct Receiver {
+    received: Received,
+    endpoint: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn grpc_receiver() -> Receiver {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let received = Received::default();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let sink = GrpcSink(received.clone());
+    runtime.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(sink))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    Receiver {
+        received,
+        endpoint: format!("http://{address}"),
+        _runtime: runtime,
+    }
+}
+
+fn http_receiver() -> Receiver {
+    use axum::routing::post;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let received = Received::default();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                match ExportTraceServiceRequest::decode(body) {
+                    Ok(request) => {
+                        sink.0.lock().unwrap().push(request);
+                        let response = ExportTraceServiceResponse {
+                            partial_success: None,
+                        }
+                        .encode_to_vec();
+                        (
+                            axum::http::StatusCode::OK,
+                            [("content-type", "application/x-protobuf")],
+                            response,
+                        )
+                    }
+                    Err(_) => (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        [("content-type", "text/plain")],
+                        Vec::new(),
+                    ),
+                }
+            }
+        }),
+    );
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver {
+        received,
+        endpoint: format!("http://{address}"),
+        _runtime: runtime,
+    }
+}
+
+/// A job that fails on its first run and succeeds afterwards, printing the
+/// TRACEPARENT it was given.
+fn fail_then_succeed(h: &Harness) -> String {
+    let counter = h.path("count");
+    h.script(
+        "job.sh",
+        &format!(
+            "echo \"traceparent=$TRACEPARENT\"\nn=$(cat {c} 2>/dev/null || echo 0)\necho $((n+1)) > {c}\n[ \"$n\" -ge 1 ]",
+            c = counter.display()
+        ),
+    )
+    .to_string_lossy()
+    .into_owned()
+}
+
+fn header_field<'a>(header: &'a str, key: &str) -> &'a str {
+    header
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {header}"))
+}
+
+fn check_spans_against_run_logs(h: &mut Harness, receiver: &Receiver, protocol: &str) {
+    let job = fail_then_succeed(h);
+    h.env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("AGENT_PREFLIGHT_CMD", "true")
+        .env(
+            "TRACEPARENT",
+            "00-11111111111111111111111111111111-2222222222222222-01",
+        );
+    if protocol != "grpc" {
+        h.env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol);
+    }
+    h.start(&[], &[&job]);
+    h.wait_until("3 iterations", Duration::from_secs(20), |h| {
+        h.state()
+            .is_some_and(|s| s["iteration"].as_u64() >= Some(3) && s["status"] == "idle")
+    });
+    assert!(h.stop().success());
+    let spans = receiver.received.iterations();
+    let logs = h.run_logs();
+    assert!(
+        spans.len() >= 3,
+        "{protocol}: got {} iteration spans\n{}",
+        spans.len(),
+        h.stderr()
+    );
+    assert_eq!(spans.len(), logs.len(), "one span per run log");
+    let stderr = h.stderr();
+    for (span, log) in spans.iter().zip(&logs) {
+        let content = read(log);
+        let header = content.lines().next().unwrap();
+        assert_eq!(
+            header_field(header, "trace_id"),
+            span.trace_id,
+            "header trace id"
+        );
+        assert_eq!(
+            header_field(header, "span_id"),
+            span.span_id,
+            "header span id"
+        );
+        let printed = content
+            .lines()
+            .find_map(|l| l.strip_prefix("traceparent="))
+            .unwrap();
+        assert_eq!(
+            printed,
+            format!("00-{}-{}-01", span.trace_id, span.span_id),
+            "TRACEPARENT"
+        );
+        for key in [
+            "jobloop.iteration",
+            "jobloop.outcome",
+            "process.exit.code",
+            "process.pid",
+            "process.executable.name",
+            "log.file.path",
+            "log.file.name",
+            "jobloop.consecutive_failures",
+        ] {
+            assert!(
+                span.attributes.contains_key(key),
+                "{protocol}: missing {key} in {:?}",
+                span.attributes
+            );
+        }
+        assert_eq!(span.attributes["log.file.path"], log.to_string_lossy());
+        assert_eq!(
+            span.attributes["log.file.name"],
+            log.file_name().unwrap().to_string_lossy()
+        );
+        assert_eq!(span.attributes["process.executable.name"], "job.sh");
+        assert!(
+            stderr.contains(&format!("trace_id={}", span.trace_id)),
+            "daemon log names the trace"
+        );
+        assert_eq!(
+            span.resource.get("service.name").map(String::as_str),
+            Some("jobloop")
+        );
+    }
+    assert_eq!(spans[0].attributes["jobloop.outcome"], "failure");
+    assert_eq!(spans[0].attributes["process.exit.code"], "1");
+    assert_eq!(spans[0].status_code, 2, "status Error on failure");
+    assert_eq!(spans[1].attributes["jobloop.outcome"], "success");
+    assert_ne!(spans[1].status_code, 2);
+    assert_ne!(
+        spans[0].trace_id, spans[1].trace_id,
+        "each run is its own trace"
+    );
+    let all = receiver.received.spans();
+    assert!(
+        all.iter().any(|s| s.name == "jobloop.preflight"),
+        "preflight span"
+    );
+    let backoff = all
+        .iter()
+        .find(|s| s.name == "jobloop.backoff")
+        .expect("backoff span");
+    assert_eq!(
+        backoff.trace_id, spans[0].trace_id,
+        "the backoff joins the failed run's trace"
+    );
+    assert_eq!(backoff.parent_span_id, spans[0].span_id);
+}
+
+// See: SPEC §8, issue 3 "Traces".
+#[test]
+fn grpc_receiver_gets_one_span_per_iteration_matching_the_run_logs() {
+    let receiver = grpc_receiver();
+    let mut h = Harness::new();
+    check_spans_against_run_logs(&mut h, &receiver, "grpc");
+}
+
+#[test]
+fn http_protobuf_receiver_gets_one_span_per_iteration_matching_the_run_logs() {
+    let receiver = http_receiver();
+    let mut h = Harness::new();
+    check_spans_against_run_logs(&mut h, &receiver, "http/protobuf");
+}
+
+#[test]
+fn span_events_for_auth_match_timeout_and_kill() {
+    let receiver = grpc_receiver();
+    let mut h = Harness::new();
+    let job = h.script("job.sh", "if [ \"$JOBLOOP_ITERATION\" = 1 ]; then sleep 30; fi\necho 'HTTP 401 Unauthorized'\nsleep 30");
+    h.env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("AGENT_JOB_TIMEOUT", "300ms")
+        .env("AGENT_AUTH_KILL", "true");
+    h.start(&[], &[job.to_str().unwrap()]);
+    h.wait_status("token-expired", Duration::from_secs(20));
+    assert!(h.stop().success());
+    let spans = receiver.received.iterations();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(spans[0].attributes["jobloop.outcome"], "timeout");
+    assert!(
+        spans[0].events.contains(&"timeout".to_string()),
+        "{:?}",
+        spans[0].events
+    );
+    assert!(spans[0].events.contains(&"killed".to_string()));
+    assert_eq!(spans[1].attributes["jobloop.outcome"], "token_expired");
+    assert!(
+        spans[1]
+            .events
+            .contains(&"auth_pattern_matched".to_string()),
+        "{:?}",
+        spans[1].events
+    );
+    assert_eq!(spans[1].status_code, 2);
+}
+
+/// Accepts TCP connections and never answers.
+fn black_hole() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    (address, thread)
+}
+
+fn time_fifty_iterations(endpoint: Option<String>, protocol: &str) -> (Duration, Duration) {
+    let mut h = Harness::new();
+    let job = h.script("job.sh", "exit 0");
+    h.env("AGENT_IDLE_SLEEP", "0")
+        .env("AGENT_SHUTDOWN_GRACE", "3s");
+    if let Some(endpoint) = endpoint {
+        h.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "10")
+            .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1");
+    }
+    let started = Instant::now();
+    h.start(&[], &[job.to_str().unwrap()]);
+    h.wait_until("50 iterations", Duration::from_secs(60), |h| {
+        h.state()
+            .is_some_and(|s| s["iteration"].as_u64() >= Some(50))
+    });
+    let pace = started.elapsed();
+    let stopping = Instant::now();
+    assert!(h.stop().success());
+    (pace, stopping.elapsed())
+}
+
+// See: SPEC §8 "a collector that is down or slow never delays an iteration".
+#[test]
+fn a_black_holing_collector_does_not_slow_the_loop_or_the_shutdown() {
+    let (without, _) = time_fifty_iterations(None, "grpc");
+    let (address, _hole) = black_hole();
+    for protocol in ["grpc", "http/protobuf"] {
+        let (with, shutdown) = time_fifty_iterations(Some(format!("http://{address}")), protocol);
+        assert!(
+            with < without * 3 + Duration::from_secs(2),
+            "{protocol}: 50 iterations took {with:?} with a black hole, {without:?} without"
+        );
+        assert!(
+            shutdown < Duration::from_secs(3) + Duration::from_secs(3),
+            "{protocol}: shutdown took {shutdown:?}"
+        );
+    }
+}
