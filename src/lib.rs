@@ -130,7 +130,9 @@ async fn run_async(settings: Arc<Settings>) -> anyhow::Result<()> {
     }));
     tracing::info!(
         listen = %settings.listen,
-        command = %settings.command.join(" "),
+        // The program only: arguments may carry credentials (SPEC §8).
+        program = %settings.command[0],
+        arguments = settings.command.len() - 1,
         log_dir = %settings.log_dir.display(),
         state_dir = %settings.state_dir.display(),
         otlp = settings.otlp.endpoint.as_deref().unwrap_or("off"),

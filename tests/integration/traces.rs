@@ -20,18 +20,18 @@ use crate::util::{read, Harness};
 
 /// Everything a receiver got.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+pub(crate) struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
 
 /// One received span, flattened.
 #[derive(Debug, Clone)]
-struct ReceivedSpan {
-    name: String,
+pub(crate) struct ReceivedSpan {
+    pub(crate) name: String,
     trace_id: String,
     span_id: String,
     parent_span_id: String,
     status_code: i32,
-    attributes: HashMap<String, String>,
-    events: Vec<String>,
+    pub(crate) attributes: HashMap<String, String>,
+    pub(crate) events: Vec<String>,
     resource: HashMap<String, String>,
 }
 
@@ -50,7 +50,7 @@ fn text(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> Str
 }
 
 impl Received {
-    fn spans(&self) -> Vec<ReceivedSpan> {
+    pub(crate) fn spans(&self) -> Vec<ReceivedSpan> {
         let requests = self.0.lock().unwrap();
         let mut spans = Vec::new();
         for request in requests.iter() {
@@ -115,13 +115,13 @@ impl TraceService for GrpcSink {
 }
 
 /// A runtime serving one receiver; dropped at the end of the test.
-struct Receiver {
-    received: Received,
-    endpoint: String,
+pub(crate) struct Receiver {
+    pub(crate) received: Received,
+    pub(crate) endpoint: String,
     _runtime: tokio::runtime::Runtime,
 }
 
-fn grpc_receiver() -> Receiver {
+pub(crate) fn grpc_receiver() -> Receiver {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let received = Received::default();
     let listener = runtime
