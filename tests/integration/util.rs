@@ -19,7 +19,11 @@ pub fn binary() -> &'static str {
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs `jobloop ARGS` to completion with `env` (and a clean AGENT_*/OTEL_*
@@ -38,8 +42,11 @@ pub fn jobloop(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// developer's own environment cannot leak into a test.
 pub fn clean_env(command: &mut Command) {
     for (key, _) in std::env::vars() {
-        if key.starts_with("AGENT_") || key.starts_with("OTEL_") || key == "NOTIFY_SOCKET"
-            || key == "TRACEPARENT" || key == "WATCHDOG_USEC"
+        if key.starts_with("AGENT_")
+            || key.starts_with("OTEL_")
+            || key == "NOTIFY_SOCKET"
+            || key == "TRACEPARENT"
+            || key == "WATCHDOG_USEC"
         {
             command.env_remove(key);
         }
@@ -60,7 +67,12 @@ impl Harness {
     pub fn new() -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let mut harness = Harness { dir, port, env: Vec::new(), child: None };
+        let mut harness = Harness {
+            dir,
+            port,
+            env: Vec::new(),
+            child: None,
+        };
         let logs = harness.path("logs");
         let state = harness.path("state");
         harness
@@ -102,7 +114,11 @@ impl Harness {
         command.arg("run").args(extra).arg("--").args(job);
         clean_env(&mut command);
         command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        command.current_dir(self.dir.path()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        command
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
         self.child = Some(command.spawn().expect("start jobloop"));
         self
     }
@@ -125,7 +141,9 @@ impl Harness {
 
     /// The run logs, oldest first.
     pub fn run_logs(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(self.path("logs/runs")) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(self.path("logs/runs")) else {
+            return Vec::new();
+        };
         let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         logs.sort_by_key(|p| {
             let name = p.file_name().unwrap().to_string_lossy().to_string();
@@ -140,7 +158,12 @@ impl Harness {
 
     /// Polls `condition` every 20 ms until it holds or `timeout` passes;
     /// then fails with the daemon's stderr and state.
-    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut condition: impl FnMut(&Harness) -> bool) {
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut(&Harness) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if condition(self) {
@@ -166,12 +189,15 @@ impl Harness {
 
     /// Waits until the HTTP server answers.
     pub fn wait_http(&mut self) {
-        self.wait_until("the HTTP server", Duration::from_secs(10), |h| h.try_get("/state").is_ok());
+        self.wait_until("the HTTP server", Duration::from_secs(10), |h| {
+            h.try_get("/state").is_ok()
+        });
     }
 
     /// `GET path`: (status code, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        self.try_get(path).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.stderr()))
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.stderr()))
     }
 
     fn try_get(&self, path: &str) -> std::io::Result<(u16, String)> {
@@ -226,10 +252,17 @@ impl Drop for Harness {
 }
 
 /// A minimal HTTP/1.1 client for loopback: (status, body).
-pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -239,7 +272,11 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> st
     stream.read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     Ok((status, body.to_string()))
 }
 
@@ -255,4 +292,264 @@ pub fn metric(scrape: &str, series: &str) -> Option<f64> {
 /// Reads a file's text or "".
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the loop, run-log, process, signal and state-file tests.
+// ---------------------------------------------------------------------------
+
+/// The parsed first line of a run log:
+/// `# jobloop iteration=N trace_id=<32 hex> span_id=<16 hex> start=<RFC 3339>`.
+#[derive(Debug, Clone)]
+pub struct RunLogHeader {
+    pub iteration: u64,
+    pub trace_id: String,
+    pub span_id: String,
+    pub start: String,
+    /// `start` as milliseconds since the Unix epoch.
+    pub start_ms: i64,
+}
+
+/// Reads and checks a run log's header line; panics with the line when it
+/// does not have the SPEC §3 form.
+pub fn run_log_header(path: &Path) -> RunLogHeader {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len());
+    let line = String::from_utf8_lossy(&bytes[..end]).to_string();
+    parse_header(&line)
+        .unwrap_or_else(|| panic!("bad run-log header in {}: {line:?}", path.display()))
+}
+
+/// Parses a header line, `None` unless every field has its exact form.
+pub fn parse_header(line: &str) -> Option<RunLogHeader> {
+    let rest = line.strip_prefix("# jobloop ")?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.len() != 4 {
+        return None;
+    }
+    let iteration = fields[0].strip_prefix("iteration=")?.parse().ok()?;
+    let trace_id = fields[1].strip_prefix("trace_id=")?;
+    let span_id = fields[2].strip_prefix("span_id=")?;
+    let start = fields[3].strip_prefix("start=")?;
+    let lower_hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && s.bytes().any(|b| b != b'0')
+    };
+    if !lower_hex(trace_id, 32) || !lower_hex(span_id, 16) {
+        return None;
+    }
+    let start_ms = rfc3339_ms(start)?;
+    Some(RunLogHeader {
+        iteration,
+        trace_id: trace_id.to_string(),
+        span_id: span_id.to_string(),
+        start: start.to_string(),
+        start_ms,
+    })
+}
+
+/// The bytes of a run log after its header line.
+pub fn run_log_body(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    match bytes.iter().position(|&b| b == b'\n') {
+        Some(end) => bytes[end + 1..].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719468;
+    let era = if z >= 0 { z } else { z - 146096 } / 146097;
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Milliseconds since the epoch of a UTC RFC 3339 time
+/// (`2026-01-02T03:04:05Z` or with a fraction); `None` for any other form,
+/// offsets other than `Z` included.
+pub fn rfc3339_ms(text: &str) -> Option<i64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date_parts = date.split('-');
+    let year: i64 = date_parts.next()?.parse().ok()?;
+    let month: i64 = date_parts.next()?.parse().ok()?;
+    let day: i64 = date_parts.next()?.parse().ok()?;
+    let (clock, fraction) = match time.split_once('.') {
+        Some((clock, fraction)) => (clock, fraction),
+        None => (time, ""),
+    };
+    let mut clock_parts = clock.split(':');
+    let hour: i64 = clock_parts.next()?.parse().ok()?;
+    let minute: i64 = clock_parts.next()?.parse().ok()?;
+    let second: i64 = clock_parts.next()?.parse().ok()?;
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    let days = days_from_civil(year, month, day);
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
+}
+
+/// The run-log name stamp (`YYYYMMDDTHHMMSSZ`) of a time.
+pub fn utc_stamp(time: std::time::SystemTime) -> String {
+    let seconds = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    stamp_of_ms(seconds * 1000)
+}
+
+/// The run-log name stamp (`YYYYMMDDTHHMMSSZ`) of milliseconds since the epoch.
+pub fn stamp_of_ms(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    let in_day = seconds.rem_euclid(86_400);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        in_day / 3600,
+        in_day / 60 % 60,
+        in_day % 60
+    )
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+/// The process group of a live process, from /proc.
+pub fn pgid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a file holding a pid (written by a job) and returns the pid.
+pub fn read_pid_file(path: &Path, timeout: Duration) -> i32 {
+    let mut pid = 0;
+    wait_for(&format!("a pid in {}", path.display()), timeout, || {
+        pid = read(path).trim().parse().unwrap_or(0);
+        pid > 0
+    });
+    pid
+}
+
+impl Harness {
+    /// Whether the marker file `name` (UNHEALTHY, TOKEN_EXPIRED) exists.
+    pub fn marker(&self, name: &str) -> bool {
+        self.path("state").join(name).exists()
+    }
+
+    /// Waits until state.json's `iteration` is at least `n`.
+    pub fn wait_iteration(&mut self, n: u64, timeout: Duration) -> serde_json::Value {
+        self.wait_until(&format!("iteration {n}"), timeout, |h| {
+            h.state()
+                .is_some_and(|s| s["iteration"].as_u64().unwrap_or(0) >= n)
+        });
+        self.state().unwrap()
+    }
+
+    /// Checks that `condition` holds at every poll for `window`: an
+    /// observation over time (e.g. "no further job starts"), never a
+    /// synchronisation. Fails with the daemon's stderr and state.
+    pub fn assert_holds(
+        &mut self,
+        what: &str,
+        window: Duration,
+        mut condition: impl FnMut(&Harness) -> bool,
+    ) {
+        let deadline = Instant::now() + window;
+        while Instant::now() < deadline {
+            if !condition(self) {
+                let state = self.state().map(|s| s.to_string()).unwrap_or_default();
+                let stderr = self.stderr();
+                self.kill();
+                panic!(
+                    "{what} stopped holding\n--- state.json ---\n{state}\n--- stderr ---\n{stderr}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's `iteration finished` log lines, in order.
+    pub fn iteration_lines(&self) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter(|l| l.contains("iteration finished"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The value of `key=value` (quotes removed) in the `iteration finished`
+    /// line of iteration `n`.
+    pub fn iteration_field(&self, n: u64, key: &str) -> Option<String> {
+        let needle = format!("iteration={n} ");
+        let line = self
+            .iteration_lines()
+            .into_iter()
+            .find(|l| l.contains(&needle))?;
+        log_field(&line, key)
+    }
+
+    /// The run-log headers, oldest first.
+    pub fn headers(&self) -> Vec<RunLogHeader> {
+        self.run_logs().iter().map(|p| run_log_header(p)).collect()
+    }
+}
+
+/// The value of `key=value` in a text log line, surrounding quotes removed.
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    let needle = format!(" {key}=");
+    let start = line.find(&needle)? + needle.len();
+    let rest = &line[start..];
+    let value = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.split('"').next()?.to_string()
+    } else {
+        rest.split_whitespace().next()?.to_string()
+    };
+    Some(value)
 }
