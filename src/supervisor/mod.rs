@@ -707,7 +707,7 @@ impl Supervisor {
 
     /// Retention of `runs/`, then the rotate and cleanup commands (SPEC §2).
     async fn maintain(&mut self) -> Result<(), Stop> {
-        if self.state.iteration % RESCAN_EVERY == 0 {
+        if self.state.iteration.is_multiple_of(RESCAN_EVERY) {
             self.rescan_run_logs();
         }
         let protect = self
