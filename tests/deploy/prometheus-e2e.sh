@@ -328,6 +328,25 @@ while read -r panel; do
     done < <(jq -c '.targets[]' <<<"$panel")
 done <"$work/panels.jsonl"
 
+# The state timeline maps a number per instance to a state name through the
+# panel's value mappings: check it names the state each scenario is in.
+state_panel=$(jq -c '[.panels[] | (., .panels[]?) | select(.type == "state-timeline")] | first' dashboards/jobloop.json)
+state_expr=$(jq -r '.targets[0].expr' <<<"$state_panel" | substitute)
+timeline_shows() {
+    local value
+    value=$(query "$state_expr" | jq -r --arg i "$(inst "$1")" '.data.result[] | select(.metric.instance == $i) | .value[1]')
+    [ -n "$value" ] || return 1
+    [ "$(jq -r --arg v "$value" '.fieldConfig.defaults.mappings[].options[$v].text // empty' <<<"$state_panel")" = "$2" ]
+}
+for pair in unhealthy:unhealthy expired:token-expired long:running stalled:idle; do
+    name=${pair%%:*} want=${pair#*:}
+    if wait_until 10 "timeline shows $want for $name" timeline_shows "$name" "$want"; then
+        ok "panel \"State per instance\" shows $name as $want"
+    else
+        bad "panel \"State per instance\" does not show $name as $want"
+    fi
+done
+
 # ------------------------------------------------------------- (c) alerts
 echo
 echo "==> (c) each alert's expression is true in its scenario"
@@ -425,7 +444,7 @@ for pair in JobloopDown:dead JobloopTokenExpired:expired JobloopUnhealthy:unheal
 done
 for pair in JobloopUnhealthy:expired JobloopTokenExpired:unhealthy JobloopFailing:unhealthy; do
     alert=${pair%%:*} name=${pair#*:}
-    if alert_active "$alert" "$(inst "$name")"; then
+    if alert_active "$alert" "$(inst "$name")" >/dev/null; then
         bad "$alert is active for $name, which must not fire it"
     else
         ok "$alert is not active for $name"
@@ -434,5 +453,6 @@ done
 
 echo
 [ "$failed" -eq 0 ] || diagnose
+echo "took ${SECONDS}s"
 echo "e2e: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
