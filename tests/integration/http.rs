@@ -39,7 +39,8 @@ fn probes_in_running_idle_backoff_and_halts() {
 
     // backoff
     let mut h = Harness::new();
-    h.env("AGENT_BACKOFF_START", "1h").env("AGENT_BACKOFF_MAX", "1h");
+    h.env("AGENT_BACKOFF_START", "1h")
+        .env("AGENT_BACKOFF_MAX", "1h");
     h.start(&[], &["false"]);
     h.wait_status("backoff", WAIT);
     assert_eq!(probes(&h), (200, 200, 200), "backoff");
@@ -52,7 +53,10 @@ fn probes_in_running_idle_backoff_and_halts() {
     h.wait_status("unhealthy", WAIT);
     assert_eq!(probes(&h), (503, 503, 200), "unhealthy: live but not ready");
     let (_, verbose) = h.get("/readyz?verbose");
-    assert!(verbose.contains("[-]state failed: halted (unhealthy)"), "{verbose}");
+    assert!(
+        verbose.contains("[-]state failed: halted (unhealthy)"),
+        "{verbose}"
+    );
     drop(h);
 
     // token-expired
@@ -101,19 +105,31 @@ fn resume_over_tcp_checks_the_token_and_leaves_the_halt() {
     let mut h = Harness::new();
     let flag = h.path("ok");
     let job = h.script("job.sh", &format!("test -f {}", flag.display()));
-    h.env("AGENT_MAX_FAILURES", "2").env("AGENT_ADMIN_TOKEN", "let-me-in");
+    h.env("AGENT_MAX_FAILURES", "2")
+        .env("AGENT_ADMIN_TOKEN", "let-me-in");
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_status("unhealthy", WAIT);
     assert!(h.path("state/UNHEALTHY").exists());
     assert_eq!(h.post("/resume", &[]).0, 401);
-    assert_eq!(h.post("/resume", &[("Authorization", "Bearer nope")]).0, 401);
+    assert_eq!(
+        h.post("/resume", &[("Authorization", "Bearer nope")]).0,
+        401
+    );
     std::fs::write(&flag, "").unwrap();
     let (code, body) = h.post("/resume", &[("Authorization", "Bearer let-me-in")]);
     assert_eq!(code, 200, "{body}");
     h.wait_status("idle", WAIT);
-    assert!(!h.path("state/UNHEALTHY").exists(), "marker removed on resume");
+    assert!(
+        !h.path("state/UNHEALTHY").exists(),
+        "marker removed on resume"
+    );
     assert_eq!(h.state().unwrap()["consecutiveFailures"], 0);
-    assert_eq!(h.post("/resume", &[("Authorization", "Bearer let-me-in")]).0, 409, "not halted");
+    assert_eq!(
+        h.post("/resume", &[("Authorization", "Bearer let-me-in")])
+            .0,
+        409,
+        "not halted"
+    );
 }
 
 #[test]
@@ -122,7 +138,10 @@ fn resume_without_a_configured_token_is_forbidden() {
     h.env("AGENT_MAX_FAILURES", "1");
     h.start(&[], &["false"]);
     h.wait_status("unhealthy", WAIT);
-    assert_eq!(h.post("/resume", &[("Authorization", "Bearer anything")]).0, 403);
+    assert_eq!(
+        h.post("/resume", &[("Authorization", "Bearer anything")]).0,
+        403
+    );
     assert_eq!(h.state().unwrap()["status"], "unhealthy");
 }
 
@@ -143,10 +162,14 @@ fn idle_connections_do_not_slow_the_loop() {
     h.start(&[], &["true"]);
     h.wait_status("idle", WAIT);
     let unloaded = time_iterations(&mut h, 20);
-    let held: Vec<TcpStream> =
-        (0..200).map(|_| TcpStream::connect(("127.0.0.1", h.port)).expect("connect")).collect();
+    let held: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(("127.0.0.1", h.port)).expect("connect"))
+        .collect();
     let loaded = time_iterations(&mut h, 20);
-    assert!(loaded < unloaded * 3 + Duration::from_millis(500), "20 iterations: {loaded:?} with 200 idle connections, {unloaded:?} without");
+    assert!(
+        loaded < unloaded * 3 + Duration::from_millis(500),
+        "20 iterations: {loaded:?} with 200 idle connections, {unloaded:?} without"
+    );
     assert_eq!(h.get("/livez").0, 200, "still answering");
     drop(held);
 }
@@ -161,12 +184,28 @@ fn a_taken_port_is_a_one_line_fatal_error() {
     let state = dir.path().join("state");
     let output = jobloop(
         &["run", "--", "true"],
-        &[("AGENT_LISTEN", &listen), ("AGENT_LOG_DIR", logs.to_str().unwrap()), ("AGENT_STATE_DIR", state.to_str().unwrap())],
+        &[
+            ("AGENT_LISTEN", &listen),
+            ("AGENT_LOG_DIR", logs.to_str().unwrap()),
+            ("AGENT_STATE_DIR", state.to_str().unwrap()),
+        ],
     );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("jobloop:")).collect();
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("jobloop:"))
+        .collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains(&listen) && lines[0].contains("in use"), "{stderr}");
-    assert!(!logs.join("runs").read_dir().is_ok_and(|mut d| d.next().is_some()), "no job ran");
+    assert!(
+        lines[0].contains(&listen) && lines[0].contains("in use"),
+        "{stderr}"
+    );
+    assert!(
+        !logs
+            .join("runs")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "no job ran"
+    );
 }

@@ -7,21 +7,25 @@ mod util;
 
 /// Settings: each bad value's one-line exit-78 error, flag beats variable, `check`.
 mod cli;
+/// HTTP over TCP: every path and status, /resume tokens, idle connections.
+mod http;
 /// The loop: classification paths, backoff sequence, halts and resumes.
 mod loop_;
-/// Run logs: names, header, exact bytes, mode, symlinks, retention, truncation.
-mod runlog;
+/// Metrics after scripted scenarios, and promtool on a real scrape.
+mod metrics;
 /// The child: environment, process groups, timeout, auth kill, spawn failures.
 mod process;
+/// Run logs: names, header, exact bytes, mode, symlinks, retention, truncation.
+mod runlog;
+/// Secrets never reach metrics, spans, the daemon's log or /state.
+mod secrets;
 /// Signals and shutdown: SIGTERM during a job, second signal, SIGHUP.
 mod signals;
 /// state.json: atomic under a polling reader, interrupted iterations.
 mod statefile;
-/// HTTP over TCP: every path and status, /resume tokens, idle connections.
-mod http;
-/// Metrics after scripted scenarios, and promtool on a real scrape.
-mod metrics;
 /// Traces: a real OTLP receiver (gRPC and HTTP) gets one span per iteration.
 mod traces;
-/// Secrets never reach metrics, spans, the daemon's log or /state.
-mod secrets;
+/// systemd notifications on a NOTIFY_SOCKET the test binds.
+mod systemd;
+/// `jobloop status` and the daemon's JSON log.
+mod status;

@@ -19,7 +19,10 @@ fn value(scrape: &str, series: &str) -> f64 {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 #[test]
@@ -29,9 +32,21 @@ fn three_failures_halt_unhealthy() {
     h.start(&[], &["false"]);
     h.wait_status("unhealthy", WAIT);
     let m = scrape(&h);
-    assert_eq!(value(&m, "jobloop_iterations_total{outcome=\"failure\"}"), 3.0);
-    assert_eq!(value(&m, "jobloop_iterations_total{outcome=\"success\"}"), 0.0);
-    assert_eq!(value(&m, "jobloop_iteration_duration_seconds_count{outcome=\"failure\"}"), 3.0);
+    assert_eq!(
+        value(&m, "jobloop_iterations_total{outcome=\"failure\"}"),
+        3.0
+    );
+    assert_eq!(
+        value(&m, "jobloop_iterations_total{outcome=\"success\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "jobloop_iteration_duration_seconds_count{outcome=\"failure\"}"
+        ),
+        3.0
+    );
     assert_eq!(value(&m, "jobloop_consecutive_failures"), 3.0);
     assert_eq!(value(&m, "jobloop_unhealthy"), 1.0);
     assert_eq!(value(&m, "jobloop_token_expired"), 0.0);
@@ -51,19 +66,34 @@ fn three_failures_halt_unhealthy() {
 fn a_success_after_failures_resets_the_count() {
     let mut h = Harness::new();
     let counter = h.path("n");
-    let job = h.script("job.sh", &format!("n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ $n -ge 2 ]", c = counter.display()));
+    let job = h.script(
+        "job.sh",
+        &format!(
+            "n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ $n -ge 2 ]",
+            c = counter.display()
+        ),
+    );
     h.env("AGENT_IDLE_SLEEP", "1h");
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_status("idle", WAIT);
     let m = scrape(&h);
-    assert_eq!(value(&m, "jobloop_iterations_total{outcome=\"failure\"}"), 2.0);
-    assert_eq!(value(&m, "jobloop_iterations_total{outcome=\"success\"}"), 1.0);
+    assert_eq!(
+        value(&m, "jobloop_iterations_total{outcome=\"failure\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(&m, "jobloop_iterations_total{outcome=\"success\"}"),
+        1.0
+    );
     assert_eq!(value(&m, "jobloop_consecutive_failures"), 0.0);
     assert_eq!(value(&m, "jobloop_last_exit_code"), 0.0);
     assert_eq!(value(&m, "jobloop_state{state=\"idle\"}"), 1.0);
     let success = value(&m, "jobloop_last_success_timestamp_seconds");
     assert!((now() - success).abs() < 30.0);
-    assert_eq!(success, value(&m, "jobloop_last_iteration_timestamp_seconds"));
+    assert_eq!(
+        success,
+        value(&m, "jobloop_last_iteration_timestamp_seconds")
+    );
 }
 
 #[test]
@@ -73,7 +103,10 @@ fn a_token_expiry_sets_its_gauge() {
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_status("token-expired", WAIT);
     let m = scrape(&h);
-    assert_eq!(value(&m, "jobloop_iterations_total{outcome=\"token_expired\"}"), 1.0);
+    assert_eq!(
+        value(&m, "jobloop_iterations_total{outcome=\"token_expired\"}"),
+        1.0
+    );
     assert_eq!(value(&m, "jobloop_token_expired"), 1.0);
     assert_eq!(value(&m, "jobloop_unhealthy"), 0.0);
     assert_eq!(value(&m, "jobloop_state{state=\"token-expired\"}"), 1.0);
@@ -84,11 +117,16 @@ fn a_token_expiry_sets_its_gauge() {
 #[test]
 fn a_timeout_counts_as_timeout_with_the_signal_exit_code() {
     let mut h = Harness::new();
-    h.env("AGENT_JOB_TIMEOUT", "200ms").env("AGENT_BACKOFF_START", "1h").env("AGENT_BACKOFF_MAX", "1h");
+    h.env("AGENT_JOB_TIMEOUT", "200ms")
+        .env("AGENT_BACKOFF_START", "1h")
+        .env("AGENT_BACKOFF_MAX", "1h");
     h.start(&[], &["sleep", "30"]);
     h.wait_status("backoff", WAIT);
     let m = scrape(&h);
-    assert_eq!(value(&m, "jobloop_iterations_total{outcome=\"timeout\"}"), 1.0);
+    assert_eq!(
+        value(&m, "jobloop_iterations_total{outcome=\"timeout\"}"),
+        1.0
+    );
     assert_eq!(value(&m, "jobloop_last_exit_code"), 143.0);
     assert_eq!(value(&m, "jobloop_consecutive_failures"), 1.0);
     assert_eq!(h.state().unwrap()["reason"], "timeout");
@@ -98,7 +136,8 @@ fn a_timeout_counts_as_timeout_with_the_signal_exit_code() {
 #[test]
 fn backoff_seconds_is_the_backoff_being_slept() {
     let mut h = Harness::new();
-    h.env("AGENT_BACKOFF_START", "7s").env("AGENT_BACKOFF_MAX", "1h");
+    h.env("AGENT_BACKOFF_START", "7s")
+        .env("AGENT_BACKOFF_MAX", "1h");
     h.start(&[], &["false"]);
     let state = h.wait_status("backoff", WAIT);
     assert_eq!(state["backoffSeconds"], 7.0);
@@ -127,11 +166,20 @@ fn preflight_hooks_truncation_and_retention_are_counted() {
         .env("AGENT_RUN_LOG_MAX_BYTES", "1KiB")
         .env("AGENT_LOG_KEEP", "2");
     h.start(&[], &[job.to_str().unwrap()]);
-    h.wait_until("5 iterations", WAIT, |h| h.state().is_some_and(|s| s["iteration"].as_u64() >= Some(5)));
+    h.wait_until("5 iterations", WAIT, |h| {
+        h.state()
+            .is_some_and(|s| s["iteration"].as_u64() >= Some(5))
+    });
     let m = scrape(&h);
-    assert_eq!(value(&m, "jobloop_preflight_checks_total{result=\"success\"}"), 1.0);
+    assert_eq!(
+        value(&m, "jobloop_preflight_checks_total{result=\"success\"}"),
+        1.0
+    );
     assert!(value(&m, "jobloop_hook_failures_total{hook=\"rotate\"}") >= 5.0);
-    assert_eq!(value(&m, "jobloop_hook_failures_total{hook=\"cleanup\"}"), 0.0);
+    assert_eq!(
+        value(&m, "jobloop_hook_failures_total{hook=\"cleanup\"}"),
+        0.0
+    );
     assert!(value(&m, "jobloop_run_log_truncated_total") >= 4.0);
     assert!(value(&m, "jobloop_run_log_bytes_total") >= 20_000.0);
     assert!(value(&m, "jobloop_run_logs_deleted_total") >= 2.0);
@@ -144,8 +192,14 @@ fn a_failed_preflight_is_counted() {
     h.start(&[], &["true"]);
     h.wait_status("unhealthy", WAIT);
     let m = scrape(&h);
-    assert_eq!(value(&m, "jobloop_preflight_checks_total{result=\"failure\"}"), 1.0);
-    assert_eq!(value(&m, "jobloop_iterations_total{outcome=\"success\"}"), 0.0);
+    assert_eq!(
+        value(&m, "jobloop_preflight_checks_total{result=\"failure\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "jobloop_iterations_total{outcome=\"success\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -163,10 +217,20 @@ fn an_interrupted_iteration_is_counted_at_the_next_start() {
 
 /// promtool from PATH; in CI its absence is a failure, elsewhere a loud skip.
 fn promtool() -> Option<&'static str> {
-    let found = Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "promtool is missing in CI (.ci/run installs Debian's prometheus)");
-        eprintln!("SKIPPED: promtool not installed; `apt-get install --no-install-recommends prometheus`");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing in CI (.ci/run installs Debian's prometheus)"
+        );
+        eprintln!(
+            "SKIPPED: promtool not installed; `apt-get install --no-install-recommends prometheus`"
+        );
         return None;
     }
     Some("promtool")
@@ -176,7 +240,10 @@ fn promtool() -> Option<&'static str> {
 fn promtool_finds_nothing_in_a_real_scrape() {
     let Some(promtool) = promtool() else { return };
     let mut h = Harness::new();
-    let job = h.script("job.sh", "[ \"$JOBLOOP_ITERATION\" -gt 2 ] && echo 'OAuth expired'; exit $((JOBLOOP_ITERATION % 2))");
+    let job = h.script(
+        "job.sh",
+        "[ \"$JOBLOOP_ITERATION\" -gt 2 ] && echo 'OAuth expired'; exit $((JOBLOOP_ITERATION % 2))",
+    );
     h.env("AGENT_ROTATE_CMD", "false");
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_status("token-expired", WAIT);
@@ -189,8 +256,20 @@ fn promtool_finds_nothing_in_a_real_scrape() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
 }
