@@ -88,30 +88,59 @@ pub fn header(iteration: u64, trace_id: &str, span_id: &str, start: SystemTime) 
 ///
 /// When no name can be created (directory missing, not writable, full).
 pub fn create(runs_dir: &Path, start: SystemTime) -> io::Result<(PathBuf, File)> {
-    let base = base_name(start);
-    let mut last_error = None;
-    for suffix in 0..MAX_SUFFIX {
-        let name = if suffix == 0 {
-            format!("{base}.log")
-        } else {
-            format!("{base}-{suffix}.log")
-        };
-        let path = runs_dir.join(name);
-        // create_new is O_CREAT|O_EXCL: an existing name, a symlink included,
-        // is never opened; O_NOFOLLOW makes that explicit.
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last_error = Some(error),
-            Err(error) => return Err(error),
+    RunLogNamer::default().create(runs_dir, start)
+}
+
+/// Names run logs, remembering the last suffix used within the current
+/// second so that many runs in one second cost one `open` each, not one per
+/// name already taken.
+#[derive(Debug, Default)]
+pub struct RunLogNamer {
+    base: String,
+    next_suffix: u32,
+}
+
+impl RunLogNamer {
+    /// Creates the next run log; see [`create`].
+    ///
+    /// # Errors
+    ///
+    /// When no name can be created.
+    pub fn create(&mut self, runs_dir: &Path, start: SystemTime) -> io::Result<(PathBuf, File)> {
+        let base = base_name(start);
+        if base != self.base {
+            self.base = base;
+            self.next_suffix = 0;
         }
+        let mut last_error = None;
+        for suffix in self.next_suffix..MAX_SUFFIX {
+            let name = if suffix == 0 {
+                format!("{}.log", self.base)
+            } else {
+                format!("{}-{suffix}.log", self.base)
+            };
+            let path = runs_dir.join(name);
+            // create_new is O_CREAT|O_EXCL: an existing name, a symlink
+            // included, is never opened; O_NOFOLLOW makes that explicit.
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(&path)
+            {
+                Ok(file) => {
+                    self.next_suffix = suffix + 1;
+                    return Ok((path, file));
+                }
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                    last_error = Some(error)
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("no free run-log name")))
     }
-    Err(last_error.unwrap_or_else(|| io::Error::other("no free run-log name")))
 }
 
 /// Writes the header into a new run log.

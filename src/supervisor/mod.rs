@@ -101,6 +101,7 @@ pub struct Supervisor {
     state_dir: StateDir,
     runs_dir: PathBuf,
     run_logs: Vec<RunLogEntry>,
+    namer: runlog::RunLogNamer,
     notifier: Notifier,
     watchdog: Option<tokio::time::Interval>,
     sigchld: Option<tokio::signal::unix::Signal>,
@@ -126,6 +127,7 @@ impl Supervisor {
             next_sleep: Duration::ZERO,
             runs_dir: settings.log_dir.join("runs"),
             run_logs: Vec::new(),
+            namer: runlog::RunLogNamer::default(),
             state,
             commands: parts.commands,
             publisher: parts.publisher,
@@ -628,7 +630,7 @@ impl Supervisor {
         ids: &SpanIds,
         start: SystemTime,
     ) -> (PathBuf, Option<std::fs::File>) {
-        match runlog::create(&self.runs_dir, start) {
+        match self.namer.create(&self.runs_dir, start) {
             Ok((path, mut file)) => {
                 let header = runlog::header(iteration, &ids.trace_id, &ids.span_id, start);
                 if let Err(error) = runlog::write_header(&mut file, &header) {
