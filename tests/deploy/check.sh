@@ -103,6 +103,31 @@ kubernetes_validate() {
     fi
 }
 
+docker_context() {
+    # No Docker engine here: check instead that the build context (the
+    # repository minus .dockerignore) holds what the Dockerfile's
+    # `cargo build --release --locked` needs: every target the manifest
+    # names, and a Cargo.lock that matches Cargo.toml.
+    python3 tests/deploy/lint.py docker-context "$tmp/context" || return 1
+    echo "context: $(find "$tmp/context" -type f | wc -l) files, $(du -sh "$tmp/context" | cut -f1)"
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "skipped the cargo part: cargo not on PATH"
+        return 0
+    fi
+    (cd "$tmp/context" && cargo metadata --locked --quiet --format-version 1 >"$tmp/metadata.json") || return 1
+    echo "cargo metadata --locked resolves in the build context"
+    local src missing=0
+    while read -r src; do
+        if [ -e "$src" ]; then
+            echo "target source present: ${src#"$tmp/context/"}"
+        else
+            echo "target source missing from the build context: ${src#"$tmp/context/"}"
+            missing=1
+        fi
+    done < <(jq -r '.packages[] | select(.source == null) | .targets[].src_path' "$tmp/metadata.json")
+    [ "$missing" = 0 ]
+}
+
 prometheusrule_rules() {
     python3 tests/deploy/lint.py prometheusrule-spec "$tmp/prometheusrule.rules.yml" &&
         promtool check rules "$tmp/prometheusrule.rules.yml"
@@ -116,6 +141,7 @@ run "dashboard: JSON, fixed uid, variables datasource/job/instance" dashboard_sh
 run "dashboard: panel queries use only metric-names.txt (and process_*, up)" python3 tests/deploy/lint.py dashboard
 run "docker-compose -f docker-compose.yml config --quiet" docker-compose -f docker-compose.yml config --quiet
 run "compose: mounted files exist, ports and env agree with SPEC, Dockerfile" python3 tests/deploy/lint.py compose
+run "Dockerfile build context: cargo --locked resolves with .dockerignore applied" docker_context
 run "promtool check config deploy/compose/prometheus.yml (with the rules)" compose_prometheus_config
 run "amtool check-config deploy/compose/alertmanager.yml" amtool check-config deploy/compose/alertmanager.yml
 run "kubernetes-validate --strict deploy/kubernetes/*.yaml" kubernetes_validate

@@ -6,6 +6,7 @@
     python3 tests/deploy/lint.py compose     # compose mounts exist, ports/env agree with SPEC
     python3 tests/deploy/lint.py kubernetes  # probes, grace, resources, security, scrape
     python3 tests/deploy/lint.py prometheusrule-spec OUT  # write the PrometheusRule's spec as a rule file
+    python3 tests/deploy/lint.py docker-context OUT       # copy the Docker build context to OUT
 
 Each prints one `ok` or `FAIL` line per fact it checks and exits 1 if any
 failed. Needs python3 and PyYAML only. Reads nothing outside the repository.
@@ -360,6 +361,28 @@ def check_kubernetes():
         expect(set(pr["spec"]) == {"groups"}, "PrometheusRule: spec has only groups")
 
 
+def copy_docker_context(out):
+    """Copies the Docker build context (the repository minus .dockerignore) to OUT."""
+    import fnmatch
+    import shutil
+    patterns = [l.strip().strip("/") for l in (ROOT / ".dockerignore").read_text().splitlines()
+                if l.strip() and not l.startswith("#")]
+
+    def ignored(rel):
+        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel, p.replace("**/", "")) or
+                   rel.split("/")[0] == p for p in patterns)
+
+    out = pathlib.Path(out)
+    for path in sorted(ROOT.rglob("*")):
+        rel = path.relative_to(ROOT).as_posix()
+        if ignored(rel) or any(ignored(a.as_posix()) for a in pathlib.PurePosixPath(rel).parents
+                               if a.as_posix() != "."):
+            continue
+        if path.is_file():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, out / rel)
+
+
 def write_prometheusrule_spec(out):
     pr = next(d for _, d in k8s_docs() if d["kind"] == "PrometheusRule")
     pathlib.Path(out).write_text(yaml.safe_dump(pr["spec"], sort_keys=False))
@@ -375,6 +398,8 @@ def main():
         check_compose()
     elif cmd == ["kubernetes"]:
         check_kubernetes()
+    elif cmd == ["docker-context"] and len(sys.argv) == 3:
+        copy_docker_context(sys.argv[2])
     elif cmd == ["prometheusrule-spec"] and len(sys.argv) == 3:
         write_prometheusrule_spec(sys.argv[2])
     else:
