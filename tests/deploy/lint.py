@@ -210,6 +210,43 @@ def dockerignored(rel, patterns):
     return any(p.strip("/") in (rel, first) for p in patterns)
 
 
+DOCKERFILE_INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
+                           "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+
+
+def check_dockerfile(text):
+    """The Dockerfile's shape, since no Docker engine can build it here."""
+    joined = re.sub(r"\\\n", " ", text)
+    instructions = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+    unknown = sorted({w for w, _ in instructions if w not in DOCKERFILE_INSTRUCTIONS})
+    expect(not unknown, f"Dockerfile: only known instructions (unknown: {unknown})")
+    stages = [m.group(1) for w, r in instructions if w == "FROM" for m in [re.search(r"\bAS\s+(\S+)", r, re.I)] if m]
+    froms = [r.split()[0] for w, r in instructions if w == "FROM"]
+    expect(len(froms) >= 2, f"Dockerfile: multi-stage ({froms})")
+    for w, r in instructions:
+        for ref in re.findall(r"--from=(\S+)", r):
+            expect(ref in stages, f"Dockerfile: COPY --from={ref} names a stage")
+        if w == "COPY":
+            expect(len([a for a in r.split() if not a.startswith("--")]) >= 2, f"Dockerfile: COPY {r} has a destination")
+        if w == "HEALTHCHECK":
+            flags = re.findall(r"--([a-z-]+)=", r)
+            expect(set(flags) <= {"interval", "timeout", "start-period", "start-interval", "retries"},
+                   f"Dockerfile: HEALTHCHECK flags {flags}")
+            expect(" CMD " in f" {r} ", "Dockerfile: HEALTHCHECK has a CMD")
+    entry = [r for w, r in instructions if w == "ENTRYPOINT"]
+    expect(entry and json.loads(entry[-1])[0] == "jobloop", f"Dockerfile: jobloop is the entrypoint ({entry})")
+    cmd = [r for w, r in instructions if w == "CMD"]
+    copied = [r.split()[-1] for w, r in instructions if w == "COPY"]
+    demo = json.loads(cmd[-1])[-1] if cmd else ""
+    expect(bool(cmd) and demo in copied, f"Dockerfile: the default command runs the demo job it copies ({demo})")
+    expect("cargo build --release --locked" in joined, "Dockerfile: builds with cargo build --release --locked")
+
+
 def check_compose():
     compose = load_yaml("docker-compose.yml")
     services = compose["services"]
@@ -236,6 +273,7 @@ def check_compose():
                         continue
                     expect((ctx / src).exists() and not dockerignored(src, ignore),
                            f"Dockerfile: COPY source {src} exists and is not in .dockerignore")
+            check_dockerfile(text)
             expect(re.search(rf"^EXPOSE\s+{PORT}\b", text, re.M) is not None, f"Dockerfile: EXPOSE {PORT}")
             expect(re.search(rf"^HEALTHCHECK .*\n?.*127\.0\.0\.1:{PORT}", text, re.M) is not None,
                    f"Dockerfile: HEALTHCHECK asks the daemon on port {PORT}")
