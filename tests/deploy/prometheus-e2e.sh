@@ -311,6 +311,25 @@ substitute() {
         -e 's/\$__rate_interval/10s/g; s/\$__interval/2s/g; s/\$__range/5m/g' \
         -e 's/\${datasource}//g'
 }
+# The variables' own queries: label_values(METRIC{MATCHERS}, LABEL), asked the
+# way Grafana asks them (/api/v1/label/LABEL/values?match[]=...).
+variable_values() {
+    local def=$1 metric label
+    metric=$(sed -E 's/^label_values\((.*), *([a-z_]+)\)$/\1/' <<<"$def" | substitute)
+    label=$(sed -E 's/^label_values\((.*), *([a-z_]+)\)$/\2/' <<<"$def")
+    curl -sf -G --data-urlencode "match[]=$metric" "$PROM/api/v1/label/$label/values" | jq -r '.data[]'
+}
+for var in job instance; do
+    def=$(jq -r --arg v "$var" '.templating.list[] | select(.name == $v) | .definition' dashboards/jobloop.json)
+    want=$([ "$var" = job ] && echo 1 || echo "$n_jobloops")
+    count_values() { [ "$(variable_values "$def" | wc -l)" -eq "$want" ]; }
+    if wait_until 10 "variable $var" count_values; then
+        ok "variable \$$var ($def) offers $(variable_values "$def" | tr '\n' ' ')"
+    else
+        bad "variable \$$var ($def) offers '$(variable_values "$def" | tr '\n' ' ')', want $want values"
+    fi
+done
+
 jq -c '.panels[] | (., .panels[]?) | select(.targets) | {title, targets: [.targets[] | {refId, expr}]}' \
     dashboards/jobloop.json >"$work/panels.jsonl"
 while read -r panel; do
