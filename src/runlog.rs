@@ -152,23 +152,19 @@ pub fn write_header(file: &mut File, header: &str) -> io::Result<()> {
     file.write_all(header.as_bytes())
 }
 
-/// Picks the run logs to delete. `entries` may come in any order; the
-/// newest (by name) is never picked, nor is `protect`.
+/// Picks the run logs to delete. `entries` must be sorted oldest first
+/// (as [`scan`] returns them and the supervisor appends new runs); the
+/// newest is never picked, nor is `protect`.
 pub fn select_for_deletion(
     entries: &[RunLogEntry],
     policy: &RetentionPolicy,
     now: SystemTime,
     protect: Option<&str>,
 ) -> Vec<String> {
-    let mut sorted: Vec<&RunLogEntry> = entries
-        .iter()
-        .filter(|entry| sort_key(&entry.name).is_some())
-        .collect();
-    sorted.sort_by(|a, b| sort_key(&b.name).cmp(&sort_key(&a.name)));
     let mut doomed = Vec::new();
     let mut kept_bytes = 0u64;
     let mut kept = 0usize;
-    for (index, entry) in sorted.iter().enumerate() {
+    for (index, entry) in entries.iter().rev().enumerate() {
         let protected = index == 0 || protect == Some(entry.name.as_str());
         let too_many = policy.keep > 0 && kept >= policy.keep;
         let too_old = policy.max_age.is_some_and(|age| {
@@ -212,6 +208,9 @@ pub fn scan(runs_dir: &Path) -> Vec<RunLogEntry> {
             size: meta.len(),
         });
     }
+    logs.sort_by_cached_key(|entry| {
+        sort_key(&entry.name).map(|(stamp, suffix)| (stamp.to_string(), suffix))
+    });
     logs
 }
 

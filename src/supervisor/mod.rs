@@ -727,7 +727,9 @@ impl Supervisor {
         );
         if !doomed.is_empty() {
             let outcome = runlog::delete(&self.settings.log_dir, &doomed);
-            self.run_logs.retain(|entry| !doomed.contains(&entry.name));
+            // Doomed names are the oldest: usually a short prefix.
+            self.run_logs
+                .retain(|entry| !doomed.iter().any(|name| *name == entry.name));
             self.metrics.run_logs_deleted.inc_by(outcome.deleted);
             for error in &outcome.errors {
                 tracing::warn!(%error, "retention");
