@@ -99,13 +99,14 @@ fn job_timeout_stops_the_job_its_grandchild_and_an_escaped_descendant() {
         "job.sh",
         &format!(
             "sleep 30 &\necho $! > '{g}'\n\
-             setsid sleep 31 >/dev/null 2>&1 < /dev/null &\necho $! > '{e}'\n\
+             setsid sh -c 'echo $$ > \"{e}\"; exec sleep 31' >/dev/null 2>&1 < /dev/null &\n\
+             while [ ! -s '{e}' ]; do sleep 0.01; done\n\
              echo started\nsleep 30\necho never",
             g = grandchild.display(),
             e = escaped.display()
         ),
     );
-    h.env("AGENT_JOB_TIMEOUT", "500ms")
+    h.env("AGENT_JOB_TIMEOUT", "1s")
         .env("AGENT_KILL_GRACE", "2s")
         .env("AGENT_BACKOFF_START", "30s")
         .env("AGENT_BACKOFF_MAX", "30s");
@@ -124,7 +125,7 @@ fn job_timeout_stops_the_job_its_grandchild_and_an_escaped_descendant() {
     assert_eq!(state["lastBatchExit"], 143, "SIGTERM: 128+15; {state}");
     assert_eq!(state["consecutiveFailures"], 1, "{state}");
     let took = duration_ms(&h, 1);
-    assert!((500..2500).contains(&took), "the run took {took} ms");
+    assert!((1000..3000).contains(&took), "the run took {took} ms");
     util::wait_for(
         "the grandchild in the job's group to be gone",
         SECS_10,

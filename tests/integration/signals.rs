@@ -152,14 +152,20 @@ fn shutdown_stops_a_daemonised_grandchild_left_by_a_finished_job() {
     let job = h.script(
         "job.sh",
         &format!(
-            "setsid sleep 60 >/dev/null 2>&1 < /dev/null &\necho $! > '{}'\nexit 0",
-            escaped.display()
+            "setsid sh -c 'echo $$ > \"{e}\"; exec sleep 60' >/dev/null 2>&1 < /dev/null &\n\
+             while [ ! -s '{e}' ]; do sleep 0.01; done\nexit 0",
+            e = escaped.display()
         ),
     );
     h.start(&[], &[job.to_str().unwrap()]);
     let escaped = util::read_pid_file(&escaped, SECS_10);
     h.wait_status("idle", SECS_10);
     assert!(util::pid_alive(escaped), "the daemonised grandchild runs");
+    assert_eq!(
+        util::pgid_of(escaped),
+        Some(escaped),
+        "it left the job's group"
+    );
     assert_eq!(h.stop().code(), Some(0));
     util::wait_for("the escaped grandchild to be gone", SECS_10, || {
         !util::pid_alive(escaped)
