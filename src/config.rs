@@ -108,7 +108,7 @@ pub struct Settings {
 
 /// One bad setting: which, what was given, what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value '{value}' for {variable} ({flag}): {allowed}")]
+#[error("invalid value '{}' for {variable} ({flag}): {allowed}", .value.escape_debug())]
 pub struct ConfigError {
     /// Environment variable of the setting.
     pub variable: &'static str,
@@ -656,6 +656,7 @@ mod tests {
             (&["--auth-kill=maybe"], "AGENT_AUTH_KILL"),
             (&["--log-format", "xml"], "AGENT_LOG_FORMAT"),
             (&["--max-failures=-1"], "AGENT_MAX_FAILURES"),
+            (&["--idle-sleep=5\nrm -rf /"], "AGENT_IDLE_SLEEP"),
         ];
         for (flags, variable) in cases {
             let mut argv = flags.to_vec();
@@ -697,5 +698,41 @@ mod tests {
             &mut errors,
         );
         assert_eq!(otlp.endpoint, None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_values_give_settings_or_one_line_errors(
+                listen in "\\PC{0,20}",
+                pattern in "\\PC{0,20}",
+                factor in "\\PC{0,8}",
+                size in "\\PC{0,8}",
+                sleep in "\\PC{0,8}",
+            ) {
+                let flags = [
+                    format!("--listen={listen}"),
+                    format!("--auth-pattern={pattern}"),
+                    format!("--backoff-factor={factor}"),
+                    format!("--log-max-bytes={size}"),
+                    format!("--idle-sleep={sleep}"),
+                ];
+                let mut argv: Vec<&str> = flags.iter().map(String::as_str).collect();
+                argv.extend(["--", "true"]);
+                match parse(&argv) {
+                    Ok(settings) => prop_assert!(settings.backoff.factor >= 1.0),
+                    Err(errors) => {
+                        for error in &errors.0 {
+                            let line = error.to_string();
+                            prop_assert!(line.starts_with("invalid value"), "{}", line);
+                            prop_assert!(line.contains("AGENT_") || line.contains("OTEL_"), "{}", line);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

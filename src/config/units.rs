@@ -144,4 +144,34 @@ mod tests {
             assert_eq!(parse_duration(&format_duration(duration)), Some(duration));
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn parsers_never_panic(text in "\\PC{0,24}") {
+                let _ = parse_duration(&text);
+                let _ = parse_size(&text);
+            }
+
+            #[test]
+            fn bare_seconds_parse_as_seconds(seconds in 0u64..10_000_000) {
+                prop_assert_eq!(parse_duration(&seconds.to_string()), Some(Duration::from_secs(seconds)));
+            }
+
+            #[test]
+            fn sizes_round_trip(bytes in any::<u32>(), shift in 0u32..20) {
+                let bytes = u64::from(bytes) << shift;
+                prop_assert_eq!(parse_size(&format_size(bytes)), Some(bytes));
+            }
+
+            #[test]
+            fn durations_round_trip(millis in 0u64..100_000_000_000) {
+                let duration = Duration::from_millis(millis);
+                prop_assert_eq!(parse_duration(&format_duration(duration)), Some(duration));
+            }
+        }
+    }
 }

@@ -213,4 +213,53 @@ mod tests {
             &[b"all good\n", b"200 OK\n"]
         ));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The verdict of a plain per-line search, the reference.
+        fn reference(output: &[u8]) -> bool {
+            let regex =
+                crate::config::build_auth_pattern(crate::config::DEFAULT_AUTH_PATTERN).unwrap();
+            output
+                .split(|&b| b == b'\n')
+                .any(|line| regex.is_match(line))
+        }
+
+        fn output() -> impl Strategy<Value = Vec<u8>> {
+            let pieces = prop::collection::vec(
+                prop_oneof![
+                    Just(b"OAuth token expired".to_vec()),
+                    Just(b"HTTP 401 Unauthorized".to_vec()),
+                    Just(b"401".to_vec()),
+                    Just(b"unauthorized".to_vec()),
+                    Just(b"\n".to_vec()),
+                    Just(b"\xff\x00".to_vec()),
+                    prop::collection::vec(any::<u8>(), 0..40),
+                ],
+                0..12,
+            );
+            pieces.prop_map(|p| p.concat())
+        }
+
+        proptest! {
+            #[test]
+            fn any_chunking_gives_the_per_line_verdict(
+                output in output(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            ) {
+                let mut points: Vec<usize> = cuts.iter().map(|i| i.index(output.len() + 1)).collect();
+                points.sort_unstable();
+                let mut m = default_matcher();
+                let mut start = 0;
+                for point in points {
+                    m.feed(&output[start..point]);
+                    start = point;
+                }
+                m.feed(&output[start..]);
+                prop_assert_eq!(m.search_pending(), reference(&output));
+            }
+        }
+    }
 }
