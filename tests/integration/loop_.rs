@@ -494,3 +494,129 @@ fn each_iteration_logs_one_line_with_its_outcome_exit_code_run_log_and_trace_id(
         assert_eq!(h.iteration_field(n, "trace_id"), Some(header.trace_id));
     }
 }
+
+// See: SPEC §1, "fractions allowed" for the factor.
+#[test]
+fn a_fractional_backoff_factor_grows_the_backoff_by_that_fraction() {
+    let mut h = Harness::new();
+    h.env("AGENT_BACKOFF_START", "100ms")
+        .env("AGENT_BACKOFF_FACTOR", "1.5")
+        .env("AGENT_BACKOFF_MAX", "10s")
+        .env("AGENT_MAX_FAILURES", "4");
+    h.start(&[], &["sh", "-c", "exit 1"]);
+    h.wait_status("unhealthy", SECS_10);
+    let headers = h.headers();
+    let gaps: Vec<i64> = headers
+        .windows(2)
+        .map(|w| w[1].start_ms - w[0].start_ms)
+        .collect();
+    assert_eq!(gaps.len(), 3);
+    for (gap, expected) in gaps.iter().zip([100, 150, 225]) {
+        assert!(
+            *gap >= expected && *gap < expected + 300,
+            "gaps {gaps:?} (ms) should be about [100, 150, 225]"
+        );
+    }
+}
+
+// See: issue 2, "invalid UTF-8 and NUL bytes pass through untouched";
+// the pattern is matched bytewise, like `LC_ALL=C grep`.
+#[test]
+fn the_auth_pattern_matches_across_invalid_utf8_in_the_same_line() {
+    assert_eq!(
+        outcome_of_output("\u{0}x OAuth \u{fffd} token expired\n"),
+        "token-expired"
+    );
+    let mut h = Harness::new();
+    let payload = h.path("output.bin");
+    std::fs::write(&payload, b"\xff\xfe OAuth \xc3\x28 \0 expired\n").unwrap();
+    h.start(&[], &["cat", payload.to_str().unwrap()]);
+    let state = h.wait_status("token-expired", SECS_10);
+    assert_eq!(state["reason"], "pattern", "{state}");
+}
+
+// See: SPEC §1 AGENT_AUTH_PATTERN: a user's regex replaces the default,
+// case-sensitive unless it says (?i), anchors at line ends.
+#[test]
+fn a_custom_auth_pattern_replaces_the_default_and_anchors_per_line() {
+    let run = |pattern: &str, text: &str| {
+        let mut h = Harness::new();
+        h.env("AGENT_AUTH_PATTERN", pattern)
+            .env("AGENT_IDLE_SLEEP", "30s");
+        let payload = h.path("output.txt");
+        std::fs::write(&payload, text).unwrap();
+        h.start(&[], &["cat", payload.to_str().unwrap()]);
+        h.wait_until("the first run classified", SECS_10, |h| {
+            h.state()
+                .is_some_and(|s| s["status"] == "idle" || s["status"] == "token-expired")
+        });
+        h.state().unwrap()["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(run("TOKEN_GONE", "x TOKEN_GONE y\n"), "token-expired");
+    assert_eq!(
+        run("TOKEN_GONE", "x token_gone y\n"),
+        "idle",
+        "case-sensitive"
+    );
+    assert_eq!(
+        run("TOKEN_GONE", "invalid_api_key\n"),
+        "idle",
+        "default replaced"
+    );
+    assert_eq!(
+        run("^FATAL auth$", "one\nFATAL auth\ntwo\n"),
+        "token-expired"
+    );
+    assert_eq!(run("^FATAL auth$", "one\nFATAL auth!\ntwo\n"), "idle");
+}
+
+// See: SPEC §1 AGENT_PREFLIGHT_TIMEOUT.
+#[test]
+fn a_preflight_that_runs_too_long_fails() {
+    let mut h = Harness::new();
+    h.env("AGENT_PREFLIGHT_CMD", "sleep 30")
+        .env("AGENT_PREFLIGHT_TIMEOUT", "200ms");
+    h.start(&[], &["true"]);
+    let state = h.wait_status("unhealthy", SECS_10);
+    assert_eq!(state["reason"], "preflight-failed", "{state}");
+    assert_eq!(state["iteration"], 0, "{state}");
+}
+
+// See: SPEC §1, hook failures are "never fatal"; AGENT_HOOK_TIMEOUT.
+#[test]
+fn a_hook_that_hangs_is_stopped_and_the_loop_goes_on() {
+    let mut h = Harness::new();
+    h.env("AGENT_ROTATE_CMD", "sleep 30")
+        .env("AGENT_HOOK_TIMEOUT", "100ms")
+        .env("AGENT_IDLE_SLEEP", "10ms");
+    h.start(&[], &["true"]);
+    let state = h.wait_iteration(3, SECS_10);
+    assert_ne!(state["status"], "unhealthy", "{state}");
+    assert_eq!(state["lastBatchExit"], 0, "{state}");
+    assert_eq!(h.stop().code(), Some(0));
+}
+
+// See: SPEC §1 AGENT_LOG_FORMAT=json.
+#[test]
+fn the_json_log_format_writes_one_json_object_per_line() {
+    let mut h = Harness::new();
+    h.env("AGENT_LOG_FORMAT", "json")
+        .env("AGENT_IDLE_SLEEP", "30s");
+    h.start(&[], &["sh", "-c", "exit 0"]);
+    h.wait_status("idle", SECS_10);
+    assert_eq!(h.stop().code(), Some(0));
+    let stderr = h.stderr();
+    let mut finished = 0;
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if value.to_string().contains("iteration finished") {
+            finished += 1;
+            let text = value.to_string();
+            let log = h.run_logs()[0].to_str().unwrap().to_string();
+            assert!(text.contains(&log), "names the run log: {text}");
+            assert!(text.contains("success"), "names the outcome: {text}");
+        }
+    }
+    assert_eq!(finished, 1, "{stderr}");
+}

@@ -290,3 +290,18 @@ fn a_command_that_is_not_executable_fails_with_126() {
     let log = util::read(&h.run_logs()[0]);
     assert!(log.contains("# jobloop: cannot start"), "{log}");
 }
+
+// A backgrounded grandchild that keeps the output pipe open must not hold
+// the iteration until it exits.
+#[test]
+fn a_grandchild_holding_the_output_open_does_not_hold_the_iteration() {
+    let mut h = Harness::new();
+    h.env("AGENT_IDLE_SLEEP", "30s");
+    h.start(&[], &["sh", "-c", "sleep 20 & echo main done; exit 0"]);
+    let state = h.wait_status("idle", SECS_10);
+    assert_eq!(state["lastBatchExit"], 0, "{state}");
+    assert!(duration_ms(&h, 1) < 5000, "waited for the grandchild");
+    let body = util::run_log_body(&h.run_logs()[0]);
+    assert!(body.starts_with(b"main done\n"), "{body:?}");
+    assert_eq!(h.stop().code(), Some(0));
+}

@@ -511,3 +511,44 @@ fn output_past_the_run_log_limit_is_still_scanned_for_the_auth_pattern() {
     let body = util::run_log_body(&h.run_logs()[0]);
     assert!(!String::from_utf8_lossy(&body).contains("invalid_api_key"));
 }
+
+#[test]
+fn truncation_at_a_line_end_adds_no_extra_newline() {
+    let mut h = Harness::new();
+    h.env("AGENT_RUN_LOG_MAX_BYTES", "8")
+        .env("AGENT_IDLE_SLEEP", "30s");
+    h.start(&[], &["printf", "1234567\\n89\\n"]);
+    h.wait_status("idle", SECS_10);
+    let body = util::run_log_body(&h.run_logs()[0]);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "1234567\n# jobloop truncated: dropped=3 limit=8\n"
+    );
+}
+
+#[test]
+fn output_within_the_limit_is_not_marked_truncated() {
+    let mut h = Harness::new();
+    h.env("AGENT_RUN_LOG_MAX_BYTES", "8")
+        .env("AGENT_IDLE_SLEEP", "30s");
+    h.start(&[], &["printf", "1234567\\n"]);
+    h.wait_status("idle", SECS_10);
+    assert_eq!(util::run_log_body(&h.run_logs()[0]), b"1234567\n");
+}
+
+// See: SPEC §1, AGENT_LOG_KEEP 0 = no count limit (and max age 0 = none).
+#[test]
+fn zero_limits_switch_retention_off() {
+    let mut h = Harness::new();
+    for day in 1..=5 {
+        plant_log(&h, &format!("2020010{day}T000000Z.log"), 10, days_ago(400));
+    }
+    h.env("AGENT_LOG_KEEP", "0")
+        .env("AGENT_LOG_MAX_AGE", "0")
+        .env("AGENT_LOG_MAX_BYTES", "0")
+        .env("AGENT_IDLE_SLEEP", "10ms");
+    let job = job_halting_at(&h, 3, "echo run $n");
+    h.start(&[], &[&job]);
+    h.wait_status("token-expired", SECS_10);
+    assert_eq!(h.run_logs().len(), 8, "{:?}", h.run_logs());
+}

@@ -235,3 +235,26 @@ fn sighup_while_not_halted_changes_nothing() {
     );
     assert_eq!(h.stop().code(), Some(0));
 }
+
+#[test]
+fn sigterm_during_a_long_preflight_stops_cleanly() {
+    let mut h = Harness::new();
+    let marker = h.path("preflight.pid");
+    h.env(
+        "AGENT_PREFLIGHT_CMD",
+        &format!("echo $$ > '{}'; exec sleep 60", marker.display()),
+    )
+    .env("AGENT_SHUTDOWN_GRACE", "5s");
+    h.start(&[], &["true"]);
+    let preflight = util::read_pid_file(&marker, SECS_10);
+    let sent = Instant::now();
+    assert_eq!(h.stop().code(), Some(0), "{}", h.stderr());
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(h.state().unwrap()["status"], "stopped");
+    assert!(h.run_logs().is_empty(), "no job after a stopped preflight");
+    assert!(!util::pid_alive(preflight), "the preflight survived");
+}
