@@ -620,3 +620,40 @@ fn the_json_log_format_writes_one_json_object_per_line() {
     }
     assert_eq!(finished, 1, "{stderr}");
 }
+
+// See: SPEC §2, "marker UNHEALTHY, state unhealthy, halt, *without* sleeping".
+#[test]
+fn the_failure_that_reaches_max_failures_halts_without_sleeping_the_backoff() {
+    let mut h = Harness::new();
+    h.env("AGENT_MAX_FAILURES", "1")
+        .env("AGENT_BACKOFF_START", "60s")
+        .env("AGENT_BACKOFF_MAX", "60s");
+    h.start(&[], &["sh", "-c", "exit 1"]);
+    let state = h.wait_status("unhealthy", Duration::from_secs(5));
+    assert_eq!(state["reason"], "max-failures", "{state}");
+    assert_eq!(state["backoffSeconds"], 0.0, "{state}");
+    assert!(h.marker("UNHEALTHY"));
+}
+
+// See: SPEC §3 status `starting`: the preflight runs before any job.
+#[test]
+fn the_status_is_starting_while_the_preflight_runs() {
+    let mut h = Harness::new();
+    let flag = h.path("release");
+    h.env(
+        "AGENT_PREFLIGHT_CMD",
+        &format!("while [ ! -f '{}' ]; do sleep 0.02; done", flag.display()),
+    )
+    .env("AGENT_IDLE_SLEEP", "30s");
+    h.start(&[], &["true"]);
+    let state = h.wait_status("starting", SECS_10);
+    assert_eq!(state["iteration"], 0, "{state}");
+    h.assert_holds(
+        "no job before the preflight passes",
+        Duration::from_millis(200),
+        |h| h.run_logs().is_empty(),
+    );
+    std::fs::write(&flag, "").unwrap();
+    let state = h.wait_status("idle", SECS_10);
+    assert_eq!(state["iteration"], 1, "{state}");
+}

@@ -305,3 +305,49 @@ fn a_grandchild_holding_the_output_open_does_not_hold_the_iteration() {
     assert!(body.starts_with(b"main done\n"), "{body:?}");
     assert_eq!(h.stop().code(), Some(0));
 }
+
+// A job that exits 0 when told to stop still timed out: never a success.
+#[test]
+fn a_timed_out_job_that_exits_0_on_sigterm_is_still_a_timeout() {
+    let mut h = Harness::new();
+    let pid_file = h.path("job.pid");
+    let job = h.script(
+        "job.sh",
+        &format!(
+            "trap 'exit 0' TERM\necho $$ > '{}'\nwhile :; do sleep 0.05; done",
+            pid_file.display()
+        ),
+    );
+    h.env("AGENT_JOB_TIMEOUT", "200ms")
+        .env("AGENT_BACKOFF_START", "30s")
+        .env("AGENT_BACKOFF_MAX", "30s");
+    h.start(&[], &[job.to_str().unwrap()]);
+    let state = h.wait_status("backoff", SECS_10);
+    assert_eq!(state["lastOutcome"], "timeout", "{state}");
+    assert_eq!(state["reason"], "timeout", "{state}");
+    assert_eq!(state["consecutiveFailures"], 1, "{state}");
+    assert!(state["lastSuccessAt"].is_null(), "{state}");
+}
+
+#[test]
+fn auth_kill_uses_sigkill_after_the_kill_grace_when_the_job_ignores_sigterm() {
+    let mut h = Harness::new();
+    let pid_file = h.path("job.pid");
+    let job = h.script(
+        "job.sh",
+        &format!(
+            "trap '' TERM\necho $$ > '{}'\necho 'HTTP 401 Unauthorized'\nwhile :; do sleep 0.05; done",
+            pid_file.display()
+        ),
+    );
+    h.env("AGENT_AUTH_KILL", "true")
+        .env("AGENT_KILL_GRACE", "300ms");
+    h.start(&[], &[job.to_str().unwrap()]);
+    let job_pid = util::read_pid_file(&pid_file, SECS_10);
+    let state = h.wait_status("token-expired", SECS_10);
+    assert_eq!(state["reason"], "pattern", "{state}");
+    assert_eq!(state["lastBatchExit"], 137, "{state}");
+    let took = duration_ms(&h, 1);
+    assert!((300..3000).contains(&took), "took {took} ms");
+    assert!(!util::pid_alive(job_pid));
+}

@@ -552,3 +552,25 @@ fn zero_limits_switch_retention_off() {
     h.wait_status("token-expired", SECS_10);
     assert_eq!(h.run_logs().len(), 8, "{:?}", h.run_logs());
 }
+
+#[test]
+fn run_log_is_absolute_even_when_the_log_dir_is_relative() {
+    let mut h = Harness::new();
+    let seen = h.path("seen");
+    h.env("AGENT_LOG_DIR", "relative-logs")
+        .env("AGENT_IDLE_SLEEP", "30s");
+    h.start(
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("printf '%s' \"$RUN_LOG\" > '{}'", seen.display()),
+        ],
+    );
+    let state = h.wait_status("idle", SECS_10);
+    let run_log = util::read(&seen);
+    assert!(Path::new(&run_log).is_absolute(), "{run_log}");
+    assert!(run_log.starts_with(h.path("relative-logs/runs").to_str().unwrap()));
+    assert!(Path::new(&run_log).is_file());
+    assert_eq!(state["runLog"], run_log.as_str());
+}

@@ -258,3 +258,22 @@ fn sigterm_during_a_long_preflight_stops_cleanly() {
     assert!(h.run_logs().is_empty(), "no job after a stopped preflight");
     assert!(!util::pid_alive(preflight), "the preflight survived");
 }
+
+#[test]
+fn sigterm_during_a_backoff_stops_at_once() {
+    let mut h = Harness::new();
+    h.env("AGENT_BACKOFF_START", "60s")
+        .env("AGENT_BACKOFF_MAX", "60s");
+    h.start(&[], &["sh", "-c", "exit 1"]);
+    h.wait_status("backoff", SECS_10);
+    let sent = Instant::now();
+    assert_eq!(h.stop().code(), Some(0));
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        sent.elapsed()
+    );
+    let state = h.state().unwrap();
+    assert_eq!(state["status"], "stopped", "{state}");
+    assert_eq!(state["iteration"], 1, "{state}");
+}
