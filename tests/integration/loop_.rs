@@ -657,3 +657,11 @@ fn the_status_is_starting_while_the_preflight_runs() {
     let state = h.wait_status("idle", SECS_10);
     assert_eq!(state["iteration"], 1, "{state}");
 }
+
+#[test]
+fn the_auth_pattern_matches_a_last_line_without_a_newline() {
+    assert_eq!(
+        outcome_of_output("ok\nerror: invalid_api_key"),
+        "token-expired"
+    );
+}
