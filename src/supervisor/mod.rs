@@ -728,8 +728,7 @@ impl Supervisor {
         if !doomed.is_empty() {
             let outcome = runlog::delete(&self.settings.log_dir, &doomed);
             // Doomed names are the oldest: usually a short prefix.
-            self.run_logs
-                .retain(|entry| !doomed.iter().any(|name| *name == entry.name));
+            self.run_logs.retain(|entry| !doomed.contains(&entry.name));
             self.metrics.run_logs_deleted.inc_by(outcome.deleted);
             for error in &outcome.errors {
                 tracing::warn!(%error, "retention");

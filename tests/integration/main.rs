@@ -23,9 +23,9 @@ mod secrets;
 mod signals;
 /// state.json: atomic under a polling reader, interrupted iterations.
 mod statefile;
-/// Traces: a real OTLP receiver (gRPC and HTTP) gets one span per iteration.
-mod traces;
-/// systemd notifications on a NOTIFY_SOCKET the test binds.
-mod systemd;
 /// `jobloop status` and the daemon's JSON log.
 mod status;
+/// systemd notifications on a NOTIFY_SOCKET the test binds.
+mod systemd;
+/// Traces: a real OTLP receiver (gRPC and HTTP) gets one span per iteration.
+mod traces;
