@@ -25,6 +25,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod notify;

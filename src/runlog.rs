@@ -7,9 +7,8 @@
 //! 0640, and never through a symlink. Retention is a pure selection over
 //! (name, mtime, size) plus the deletion of what it selected.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -120,15 +119,7 @@ impl RunLogNamer {
                 format!("{}-{suffix}.log", self.base)
             };
             let path = runs_dir.join(name);
-            // create_new is O_CREAT|O_EXCL: an existing name, a symlink
-            // included, is never opened; O_NOFOLLOW makes that explicit.
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o640)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&path)
-            {
+            match crate::files::create_new(&path) {
                 Ok(file) => {
                     self.next_suffix = suffix + 1;
                     return Ok((path, file));

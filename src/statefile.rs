@@ -6,9 +6,9 @@
 //! removed, never written through. Writes happen on a thread of their own,
 //! always of the newest snapshot, so a slow disk never holds up the loop.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -66,12 +66,7 @@ impl StateDir {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(error),
         }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&temp)?;
+        let mut file = crate::files::create_new(&temp)?;
         file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
@@ -92,13 +87,7 @@ impl StateDir {
     pub fn set_marker(&self, name: &str, present: bool) -> io::Result<()> {
         let path = self.dir.join(name);
         if present {
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o640)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&path)
-            {
+            match crate::files::create_new(&path) {
                 Ok(_) => Ok(()),
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
                 Err(error) => Err(error),

@@ -220,7 +220,7 @@ impl Supervisor {
             }
         }
         if !run_log.is_empty() {
-            append_line(
+            crate::files::append_line(
                 Path::new(run_log),
                 "# jobloop interrupted: the daemon stopped before this run ended\n",
             );
@@ -534,7 +534,7 @@ impl Supervisor {
                 let program = &self.settings.command[0];
                 tracing::error!(iteration, program = %program, %error, advice = failure.advice(),
                     run_log = %run_log_text, trace_id = %ids.trace_id, "cannot start the job");
-                append_line(
+                crate::files::append_line(
                     &run_log,
                     &format!(
                         "# jobloop: cannot start '{program}': {error} ({})\n",
@@ -802,20 +802,6 @@ impl Supervisor {
         }
         reaper::signal_descendants(None, None, Signal::SIGKILL);
         reaper::reap_orphans(None);
-    }
-}
-
-/// Appends a line to a run log, never through a symlink; errors ignored
-/// (the log line in the daemon's own log says the same).
-fn append_line(path: &Path, line: &str) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .append(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-    {
-        let _ = file.write_all(line.as_bytes());
     }
 }
 
