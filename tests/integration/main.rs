@@ -29,3 +29,7 @@ mod status;
 mod systemd;
 /// Traces: a real OTLP receiver (gRPC and HTTP) gets one span per iteration.
 mod traces;
+/// Fault tests' helpers: CI-aware skips, tmpfs mounts, /proc sampling.
+mod faults_support;
+/// Faults: SIGKILL at random moments, restart, repeat; nothing lost or left behind.
+mod faults_crash;
