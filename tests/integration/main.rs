@@ -33,3 +33,5 @@ mod traces;
 mod faults_support;
 /// Faults: SIGKILL at random moments, restart, repeat; nothing lost or left behind.
 mod faults_crash;
+/// Faults: a full log disk, a read-only state dir, bad and linked directories.
+mod faults_disk;
