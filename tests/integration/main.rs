@@ -35,3 +35,5 @@ mod faults_support;
 mod faults_crash;
 /// Faults: a full log disk, a read-only state dir, bad and linked directories.
 mod faults_disk;
+/// Faults: daemonising, stdout-closing, flooding, crashing jobs; held pipes.
+mod faults_child;
