@@ -37,3 +37,5 @@ mod faults_crash;
 mod faults_disk;
 /// Faults: daemonising, stdout-closing, flooding, crashing jobs; held pipes.
 mod faults_child;
+/// Faults: jobloop as PID 1 in a PID namespace: orphans reaped, SIGTERM honoured.
+mod faults_pid1;
