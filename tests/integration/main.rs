@@ -39,3 +39,5 @@ mod faults_disk;
 mod faults_child;
 /// Faults: jobloop as PID 1 in a PID namespace: orphans reaped, SIGTERM honoured.
 mod faults_pid1;
+/// Faults: HTTP floods, slowloris, oversized heads, wrk against the loop's pace.
+mod faults_http;
