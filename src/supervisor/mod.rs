@@ -176,6 +176,8 @@ impl Supervisor {
             let next = self.iteration().await?;
             self.maintain().await?;
             match next {
+                // tokio rounds a zero sleep up to its 1 ms timer tick.
+                Next::Idle if self.settings.idle_sleep.is_zero() => {}
                 Next::Idle => {
                     self.wait(tokio::time::sleep(self.settings.idle_sleep))
                         .await?
