@@ -41,3 +41,5 @@ mod faults_child;
 mod faults_pid1;
 /// Faults: HTTP floods, slowloris, oversized heads, wrk against the loop's pace.
 mod faults_http;
+/// Faults: an OTLP collector that is down, black-holing or slow.
+mod faults_otlp;
