@@ -163,6 +163,8 @@ async fn run_async(settings: Arc<Settings>) -> anyhow::Result<()> {
         })
         .context("cannot start the supervisor thread")?;
 
+    // The loop and state threads exist now and keep the normal priority.
+    http::lower_this_thread_priority();
     let forwarding = tokio::spawn(signal_handlers.forward(command_sender));
     let _ = loop_finished.await;
     let _ = loop_thread.join();

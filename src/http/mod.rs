@@ -107,6 +107,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Nice value of the thread that serves HTTP.
+const HTTP_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux keeps a nice
+/// value per thread), so that on a busy machine a flood of requests takes
+/// CPU from the HTTP server before it takes any from the loop and its jobs
+/// (SPEC §6: the server can never slow the loop down). Call it on the HTTP
+/// thread after the other threads were started: new threads inherit it.
+pub fn lower_this_thread_priority() {
+    let tid = rustix::process::Pid::from_raw(nix::unistd::gettid().as_raw());
+    if let Err(error) = rustix::process::setpriority_process(tid, HTTP_NICENESS) {
+        tracing::debug!(%error, "cannot lower the HTTP thread's priority");
+    }
+}
+
 /// Binds the listener.
 ///
 /// # Errors

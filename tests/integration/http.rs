@@ -209,3 +209,51 @@ fn a_taken_port_is_a_one_line_fatal_error() {
         "no job ran"
     );
 }
+
+/// Nice value and name of each thread of `pid`.
+fn thread_priorities(pid: u32) -> Vec<(String, i64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let after_name = &stat[stat.rfind(')').map_or(0, |at| at + 2)..];
+        // Fields from "state" on: nice is the 17th (field 19 of stat).
+        let nice = after_name
+            .split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        threads.push((name.trim().to_string(), nice));
+    }
+    threads
+}
+
+// See: SPEC §6 "the HTTP server can never slow down or stop the loop".
+#[test]
+fn the_http_thread_yields_the_cpu_to_the_loop() {
+    let mut h = Harness::new();
+    h.env("AGENT_IDLE_SLEEP", "1h");
+    h.start(&[], &["true"]);
+    h.wait_status("idle", WAIT);
+    let threads = thread_priorities(h.pid());
+    let nice_of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, nice)| *nice)
+    };
+    assert_eq!(
+        nice_of("jobloop"),
+        Some(10),
+        "the HTTP thread runs niced: {threads:?}"
+    );
+    assert_eq!(
+        nice_of("jobloop-loop"),
+        Some(0),
+        "the loop keeps its priority: {threads:?}"
+    );
+    assert_eq!(nice_of("jobloop-state"), Some(0), "{threads:?}");
+}
