@@ -43,3 +43,5 @@ mod faults_pid1;
 mod faults_http;
 /// Faults: an OTLP collector that is down, black-holing or slow.
 mod faults_otlp;
+/// Faults: secrets everywhere a daemon speaks, file modes, planted symlinks.
+mod faults_files;
