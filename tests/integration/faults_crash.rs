@@ -273,3 +273,53 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
         "no kill landed during a run; the interrupted path went untested"
     );
 }
+
+// See: issue 6 item 1; README "kills that process group (by the recorded
+// `jobPid`)". A state.json outlives reboots and container restarts on a
+// persistent volume, and pids are reused: the recorded group may now be
+// someone else's. Only what the dead jobloop started may be killed.
+#[test]
+fn a_stale_job_pid_now_used_by_an_unrelated_process_group_is_not_killed() {
+    use std::os::unix::process::CommandExt;
+    let mut h = Harness::new();
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()
+        .expect("start an unrelated process group");
+    let pgid = stranger.id();
+    let runs = h.path("logs/runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    std::fs::create_dir_all(h.path("state")).unwrap();
+    let old_log = runs.join("20200101T000000Z.log");
+    std::fs::write(
+        &old_log,
+        "# jobloop iteration=4 trace_id=0123456789abcdef0123456789abcdef \
+         span_id=0123456789abcdef start=2020-01-01T00:00:00Z\n",
+    )
+    .unwrap();
+    let previous = serde_json::json!({
+        "status": "running", "reason": null,
+        "currentBatchStartedAt": "2020-01-01T00:00:00Z",
+        "consecutiveFailures": 0, "lastBatchAt": null, "lastBatchExit": null,
+        "iteration": 4, "backoffSeconds": 0,
+        "runLog": old_log.to_str().unwrap(),
+        "traceId": "0123456789abcdef0123456789abcdef",
+        "pid": 999_999, "jobPid": pgid, "version": "0.1.0"
+    });
+    std::fs::write(h.path("state/state.json"), previous.to_string()).unwrap();
+    h.env("AGENT_IDLE_SLEEP", "60s");
+    h.start(&[], &["true"]);
+    h.wait_status("idle", Duration::from_secs(10));
+    h.wait_http();
+    assert_eq!(scrape(&h, "jobloop_interrupted_iterations_total"), 1.0);
+    let alive = util::pid_alive(pgid as i32);
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(
+        alive,
+        "jobloop SIGKILLed process group {pgid}, which no jobloop started, because a stale \
+         state.json named it as jobPid\n{}",
+        h.stderr()
+    );
+}
