@@ -130,7 +130,7 @@ fn timed_stop(h: &mut Harness) -> Duration {
 }
 
 /// Lines of the daemon's log about failed exports while it ran (the one
-/// line at shutdown about spans left unflushed is not counted).
+/// line about spans left unflushed at shutdown is not counted).
 fn export_complaints(h: &Harness) -> usize {
     h.stderr()
         .lines()
@@ -138,7 +138,7 @@ fn export_complaints(h: &Harness) -> usize {
             let lower = l.to_lowercase();
             (lower.contains("span") || lower.contains("export") || lower.contains("otlp"))
                 && (l.contains(" WARN ") || l.contains(" ERROR "))
-                && !lower.contains("at shutdown")
+                && !lower.contains("shutdown")
         })
         .count()
 }
