@@ -29,19 +29,20 @@ mod status;
 mod systemd;
 /// Traces: a real OTLP receiver (gRPC and HTTP) gets one span per iteration.
 mod traces;
-/// Fault tests' helpers: CI-aware skips, tmpfs mounts, /proc sampling.
-mod faults_support;
+
+/// Faults: daemonising, stdout-closing, flooding, crashing jobs; held pipes.
+mod faults_child;
 /// Faults: SIGKILL at random moments, restart, repeat; nothing lost or left behind.
 mod faults_crash;
 /// Faults: a full log disk, a read-only state dir, bad and linked directories.
 mod faults_disk;
-/// Faults: daemonising, stdout-closing, flooding, crashing jobs; held pipes.
-mod faults_child;
-/// Faults: jobloop as PID 1 in a PID namespace: orphans reaped, SIGTERM honoured.
-mod faults_pid1;
+/// Faults: secrets everywhere a daemon speaks, file modes, planted symlinks.
+mod faults_files;
 /// Faults: HTTP floods, slowloris, oversized heads, wrk against the loop's pace.
 mod faults_http;
 /// Faults: an OTLP collector that is down, black-holing or slow.
 mod faults_otlp;
-/// Faults: secrets everywhere a daemon speaks, file modes, planted symlinks.
-mod faults_files;
+/// Faults: jobloop as PID 1 in a PID namespace: orphans reaped, SIGTERM honoured.
+mod faults_pid1;
+/// Fault tests' helpers: CI-aware skips, tmpfs mounts, /proc sampling.
+mod faults_support;
