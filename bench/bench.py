@@ -636,9 +636,23 @@ def fig_cpu_per_iteration(floor_cpu, seed):
     return jl
 
 
+def turnaround_floor(n, reps):
+    """The same gaps with nothing in between: spawnfloor posix_spawns tstamp
+    and waitpids it, back to back."""
+    meds = []
+    for r in range(reps):
+        stampf = WORK / f"floor-turn-{r}.stamps"
+        subprocess.run([str(HELPERS / "spawnfloor"), str(n), str(HELPERS / "tstamp")],
+                       env=dict(os.environ, TSTAMP_FILE=str(stampf)), check=True, capture_output=True)
+        meds.append(med(turnarounds_ms(stamps(stampf))))
+    return meds
+
+
 def fig_turnaround(seed):
     reps = 2 if SMOKE else 5
     n = 100 if SMOKE else 1000
+    floor = turnaround_floor(n, reps)
+    RAW["turnaround_floor_ms"] = floor
     jl_med, jl_p99 = [], []
     for r in range(reps):
         stampf = WORK / f"turn-{r}.stamps"
@@ -681,6 +695,7 @@ def fig_turnaround(seed):
     RAW["turnaround_peers_ms"] = pt
     peer_txt = [f"seed {spread(sd, '{:.0f}', ' ms')} (incl. its 21 execs; `sleep 2` shimmed)" if seed else "seed: skipped (SEED_SCRIPT absent)"]
     peer_txt += [f"{k} {spread(v, '{:.0f}', ' ms')}" for k, v in pt.items()] + peer_skips()
+    peer_txt.append(f"floor (posix_spawn + waitpid, back to back) {spread(floor, '{:.3f}', ' ms')}")
     row(
         "Turnaround: job exit → next job start (idle 0), median of runs' medians",
         spread(jl_med, "{:.3f}", " ms") + f"; p99 {spread(jl_p99, '{:.2f}', ' ms')}",
@@ -1074,25 +1089,36 @@ def main():
     for s in peer_skips():
         log(s)
     want = lambda name: not ONLY or name in ONLY  # noqa: E731
-    floor_cpu, floor_wall = fig_spawn_floor()
-    if want("cpu"):
-        fig_cpu_per_iteration(floor_cpu, seed)
-    if want("turnaround"):
-        fig_turnaround(seed)
+    failed = []
+
+    def attempt(name, fn, *args):
+        if not want(name):
+            return None
+        try:
+            return fn(*args)
+        except Exception as error:  # a figure that breaks must not hide the others
+            import traceback
+
+            traceback.print_exc()
+            failed.append(name)
+            row(f"{name}", f"error: {type(error).__name__}: {error}", "–", "–", "error")
+            return None
+
+    floor_cpu, _ = fig_spawn_floor()
+    attempt("cpu", fig_cpu_per_iteration, floor_cpu, seed)
+    attempt("turnaround", fig_turnaround, seed)
     idle = None
     if want("idle") or want("memory"):
-        idle = fig_idle_cpu(seed)
-    if want("memory"):
-        fig_memory(idle)
-    if want("output"):
-        fig_output(seed is not None)
-    if want("auth"):
-        fig_auth_kill()
-    if want("metrics"):
-        fig_metrics_load()
-    if want("startup"):
-        fig_startup(seed)
+        idle = attempt("idle", fig_idle_cpu, seed)
+    attempt("memory", fig_memory, idle or {"long job": {"rss_kib": {}}})
+    attempt("output", fig_output, seed is not None)
+    attempt("auth", fig_auth_kill)
+    attempt("metrics", fig_metrics_load)
+    attempt("startup", fig_startup, seed)
 
+    print()
+    print(f"jobloop {os.environ.get('BENCH_REV', '?')}, {os.cpu_count()} cores, "
+          f"{'smoke' if SMOKE else 'full'} run, whole-tree CPU from {'cpuacct cgroups' if USE_CGROUP else '/proc/PID/stat (10 ms ticks)'}")
     print()
     print(f"| figure | jobloop | seed / peers / floor | goal | verdict |")
     print("|---|---|---|---|---|")
@@ -1105,6 +1131,9 @@ def main():
     if OUT_JSON:
         RAW["rows"] = RESULTS
         Path(OUT_JSON).write_text(json.dumps(RAW, indent=1))
+    if failed:
+        print(f"\nfigures that failed: {', '.join(failed)} (scratch kept in {WORK})")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ say() { printf '[bench] %s\n' "$*" >&2; }
 say "building jobloop (release)"
 cargo build --release --locked --quiet
 export JOBLOOP_BIN="$root/target/release/jobloop"
+BENCH_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || BENCH_REV="$BENCH_REV + uncommitted changes"
+export BENCH_REV
 
 # 2. helpers: spawn floor, timestamps, output spewer, auth job, sleep shim
 build=$root/bench/.build
@@ -77,7 +80,7 @@ fi
 # 5. measure
 export BENCH_WORK
 BENCH_WORK=$(mktemp -d /tmp/jobloop-bench.XXXXXX)
-trap 'rm -rf "$BENCH_WORK"' EXIT
+trap 'rc=$?; if [ $rc = 0 ]; then rm -rf "$BENCH_WORK"; else echo "[bench] failed (rc $rc); scratch kept in $BENCH_WORK" >&2; fi' EXIT
 mkdir -p bench/results
 export BENCH_JSON=${BENCH_JSON:-$root/bench/results/$([ "$smoke" = 1 ] && echo smoke || echo latest).json}
 say "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
