@@ -68,7 +68,13 @@ def pct(xs, p):
     return xs[k]
 
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
 def row(figure, jobloop, peer, goal, verdict=""):
+    RAW.setdefault("loadavg_at_rows", []).append((figure, loadavg()))
     RESULTS.append((figure, jobloop, peer, goal, verdict))
     log(f"ROW {figure}: jobloop {jobloop} | peers {peer} | goal {goal} {verdict}")
 
@@ -870,6 +876,11 @@ def fig_memory(idle_results):
 
 
 def fig_output(seed_present):
+    fig_output_chunk("65536")
+    fig_output_chunk("4096")
+
+
+def fig_output_chunk(chunk):
     reps = 2 if SMOKE else 5
     size = "64M" if SMOKE else "1G"
     nbytes = (64 << 20) if SMOKE else (1 << 30)
@@ -880,11 +891,11 @@ def fig_output(seed_present):
         # floor: the pipe plus one cat to a file
         f = d / "floor.out"
         t0 = time.monotonic()
-        subprocess.run(["bash", "-c", f"{spew} {size} | cat > {f}"], check=True)
+        subprocess.run(["bash", "-c", f"{spew} {size} {chunk} | cat > {f}"], check=True)
         floor.append(time.monotonic() - t0)
         f.unlink()
         # jobloop: one iteration, scanning on, no per-run cap
-        j = Jobloop(f"output-jl-{r}", [spew, size], idle_sleep="1h", extra={"AGENT_RUN_LOG_MAX_BYTES": "0"})
+        j = Jobloop(f"output-jl-{chunk}-{r}", [spew, size, chunk], idle_sleep="1h", extra={"AGENT_RUN_LOG_MAX_BYTES": "0"})
         try:
             def done():
                 s = j.state()
@@ -907,23 +918,23 @@ def fig_output(seed_present):
         # the seed's iteration I/O: its redirect, then its grep of the whole log
         f = d / "seed.log"
         t0 = time.monotonic()
-        subprocess.run(["bash", "-c", f'RUN_LOG="{f}" {spew} {size} > "{f}" 2>&1'], check=True)
+        subprocess.run(["bash", "-c", f'RUN_LOG="{f}" {spew} {size} {chunk} > "{f}" 2>&1'], check=True)
         t1 = time.monotonic()
         subprocess.run(["grep", "-qE", AUTH_PATTERN_SEED, str(f)])
         t2 = time.monotonic()
         sd.append(t2 - t0)
         sd_grep.append(t2 - t1)
         f.unlink()
-    RAW["output"] = {
+    RAW[f"output_{chunk}"] = {
         "bytes": nbytes, "floor_s": floor, "jobloop_iteration_s": jl, "jobloop_external_s": jl_ext,
         "jobloop_vmhwm_mib": jl_hwm, "seed_s": sd, "seed_grep_s": sd_grep,
     }
     gib = nbytes / (1 << 30)
     ok = med(jl) <= med(floor) and med(jl) <= med(sd) / 2 and max(jl_hwm) <= 16
     row(
-        f"Output: job writes {size}B of lines, auth scan on, no per-run cap — iteration wall time",
+        f"Output: job writes {size}iB of lines in {int(chunk) // 1024} KiB writes, auth scan on, no per-run cap — iteration wall time",
         f"{spread(jl, unit=' s')} ({gib / med(jl):.2f} GiB/s); peak RSS {spread(jl_hwm, '{:.1f}', ' MiB')}",
-        f"`| cat > file` floor {spread(floor, unit=' s')}<br>seed redirect + grep {spread(sd, unit=' s')} (grep alone {spread(sd_grep, unit=' s')})",
+        f"pipe + `cat` floor (`job \\| cat > file`) {spread(floor, unit=' s')}<br>seed redirect + grep {spread(sd, unit=' s')} (grep alone {spread(sd_grep, unit=' s')})",
         "≤ floor, ≤ ½ seed, RSS ≤ 16 MiB",
         judge(ok),
     )
@@ -1119,6 +1130,7 @@ def main():
     print()
     print(f"jobloop {os.environ.get('BENCH_REV', '?')}, {os.cpu_count()} cores, "
           f"{'smoke' if SMOKE else 'full'} run, whole-tree CPU from {'cpuacct cgroups' if USE_CGROUP else '/proc/PID/stat (10 ms ticks)'}")
+    print(f"1-minute load average when each row was done: {', '.join(f'{l:.1f}' for _, l in RAW.get('loadavg_at_rows', []))}")
     print()
     print(f"| figure | jobloop | seed / peers / floor | goal | verdict |")
     print("|---|---|---|---|---|")

@@ -1,5 +1,6 @@
-/* spew BYTES: write BYTES of ordinary text lines (no auth pattern) to stdout
- * as fast as possible, in 64 KiB writes. Suffixes K, M, G (binary) allowed. */
+/* spew BYTES [CHUNK]: write BYTES of ordinary text lines (no auth pattern) to
+ * stdout as fast as possible, in CHUNK-byte writes (default 65536; at most
+ * 65536). Suffixes K, M, G (binary) allowed in BYTES. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,11 +8,13 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    if (argc != 2) { fprintf(stderr, "usage: spew BYTES\n"); return 2; }
+    if (argc != 2 && argc != 3) { fprintf(stderr, "usage: spew BYTES [CHUNK]\n"); return 2; }
     char *end;
     unsigned long long total = strtoull(argv[1], &end, 10);
     if (*end == 'K') total <<= 10; else if (*end == 'M') total <<= 20; else if (*end == 'G') total <<= 30;
     static char buf[65536];
+    size_t chunk = argc == 3 ? (size_t)atol(argv[2]) : sizeof buf;
+    if (chunk == 0 || chunk > sizeof buf) chunk = sizeof buf;
     size_t used = 0;
     unsigned long line = 0;
     while (used < sizeof buf) {
@@ -24,7 +27,7 @@ int main(int argc, char **argv) {
     }
     buf[sizeof buf - 1] = '\n';
     while (total > 0) {
-        size_t n = total < sizeof buf ? (size_t)total : sizeof buf;
+        size_t n = total < chunk ? (size_t)total : chunk;
         ssize_t w = write(1, buf, n);
         if (w < 0) { if (errno == EINTR) continue; perror("spew: write"); return 1; }
         total -= (unsigned long long)w;
