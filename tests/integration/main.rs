@@ -44,5 +44,7 @@ mod faults_http;
 mod faults_otlp;
 /// Faults: jobloop as PID 1 in a PID namespace: orphans reaped, SIGTERM honoured.
 mod faults_pid1;
+/// Faults: absurd but valid settings (factor 1000, no failure limit, 1 ms idle).
+mod faults_settings;
 /// Fault tests' helpers: CI-aware skips, tmpfs mounts, /proc sampling.
 mod faults_support;
