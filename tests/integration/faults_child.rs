@@ -89,9 +89,10 @@ fn daemons_double_forked_by_finished_jobs_die_at_shutdown_even_if_they_ignore_si
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_iteration(4, SECS_20);
     read_pid_file(&h.path("stubborn.3"), SECS_20);
+    let stubborn = pids_in(h.dir.path(), "stubborn.");
     let daemons: Vec<i32> = pids_in(h.dir.path(), "meek.")
         .into_iter()
-        .chain(pids_in(h.dir.path(), "stubborn."))
+        .chain(stubborn.iter().copied())
         .collect();
     assert!(daemons.len() >= 6, "{daemons:?}");
     assert!(
@@ -105,6 +106,12 @@ fn daemons_double_forked_by_finished_jobs_die_at_shutdown_even_if_they_ignore_si
     assert!(
         survivors.is_empty(),
         "daemons survived the shutdown: {survivors:?}"
+    );
+    println!(
+        "faults_child: {} double-forked daemons ({} ignoring SIGTERM) stopped at shutdown in \
+         {took:?}",
+        daemons.len(),
+        stubborn.len()
     );
     assert!(
         took < Duration::from_secs(4),
