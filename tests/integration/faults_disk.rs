@@ -370,3 +370,115 @@ fn a_state_dir_and_log_dir_through_symlinks_to_elsewhere_work() {
         "state.json names a run log that exists: {run_log}"
     );
 }
+
+// See: issue 6 item 2; README "runs whose log could not be created". A log
+// disk out of inodes: no run log can even be created; the job still runs.
+#[test]
+fn a_log_disk_out_of_inodes_runs_the_job_without_a_log_and_counts_it() {
+    let mut h = Harness::new();
+    let logs = match Tmpfs::mount(&h.path("logs"), "4m", "nr_inodes=8") {
+        Ok(mount) => mount,
+        Err(why) => return skip(&why),
+    };
+    let ran = h.path("ran");
+    let job = h.script(
+        "job.sh",
+        &format!(
+            "echo \"$JOBLOOP_ITERATION\" >> '{}'\necho output",
+            ran.display()
+        ),
+    );
+    h.env("AGENT_IDLE_SLEEP", "20ms")
+        .env("AGENT_LOG_KEEP", "0")
+        .env("AGENT_LOG_MAX_AGE", "0")
+        .env("AGENT_LOG_MAX_BYTES", "0");
+    h.start(&[], &[job.to_str().unwrap()]);
+    h.wait_http();
+    wait_metric(&mut h, "jobloop_run_log_write_errors_total", 3.0, SECS_20);
+    let at_full = iteration(&h);
+    h.wait_iteration(at_full + 5, SECS_20);
+    let runs_done = util::read(&ran).lines().count() as u64;
+    assert!(
+        runs_done >= at_full + 4,
+        "the job ran without a log: {runs_done} runs"
+    );
+    let state = h.state().unwrap();
+    assert_eq!(state["consecutiveFailures"], 0, "{state}");
+    assert!(
+        h.stderr().contains("cannot create the run log"),
+        "{}",
+        h.stderr()
+    );
+    let runs = finished(&h);
+    let problems = problem_lines(&h.stderr()).len() as f64;
+    assert!(
+        problems <= runs + 1.0,
+        "{problems} warning lines for {runs} runs"
+    );
+    // Inodes return: run logs are created again.
+    for log in h.run_logs() {
+        std::fs::remove_file(log).unwrap();
+    }
+    let errors = scrape(&h, "jobloop_run_log_write_errors_total");
+    h.wait_until("a new run log", SECS_20, |h| !h.run_logs().is_empty());
+    let freed_at = iteration(&h);
+    h.wait_iteration(freed_at + 2, SECS_20);
+    let text = util::read(&h.run_logs()[0]);
+    assert!(
+        text.starts_with("# jobloop iteration=") && text.ends_with("output\n"),
+        "{text}"
+    );
+    assert_eq!(h.stop().code(), Some(0));
+    println!(
+        "faults_disk: log disk out of inodes: {errors} runs without a log over {runs} runs, \
+         {problems} warning lines, recovered"
+    );
+    drop(logs);
+}
+
+// See: issue 6 item 2, the state dir's disk full (ENOSPC rather than a
+// read-only mount): counted, the old state.json stays valid, and writes
+// resume once space returns.
+#[test]
+fn a_full_state_disk_keeps_the_old_state_json_valid_and_recovers() {
+    let mut h = Harness::new();
+    let state_fs = match Tmpfs::mount(&h.path("state"), "256k", "") {
+        Ok(mount) => mount,
+        Err(why) => return skip(&why),
+    };
+    h.env("AGENT_IDLE_SLEEP", "20ms");
+    h.start(&[], &["true"]);
+    h.wait_iteration(3, SECS_20);
+    h.wait_http();
+    // Fill the disk to the last block.
+    let filler = state_fs.path.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+    }
+    wait_metric(&mut h, "jobloop_state_write_errors_total", 3.0, SECS_20);
+    let disk = h.state().expect("the last state.json stays valid");
+    let (_, body) = h.get("/state");
+    let live: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        live["iteration"].as_u64() > disk["iteration"].as_u64(),
+        "HTTP follows the loop, not the disk: {live} vs {disk}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let target = live["iteration"].as_u64().unwrap();
+    h.wait_until("state.json written again", SECS_20, |h| {
+        iteration(h) >= target
+    });
+    let errors = scrape(&h, "jobloop_state_write_errors_total");
+    assert_eq!(h.stop().code(), Some(0));
+    assert_eq!(h.state().unwrap()["status"], "stopped");
+    let lines = h
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("cannot write state.json"))
+        .count();
+    assert_eq!(lines, 1, "one line per failing spell:\n{}", h.stderr());
+    println!("faults_disk: full state disk: {errors} failed writes, 1 log line, recovered");
+}
