@@ -24,6 +24,11 @@ use tokio::time::Instant;
 
 use auth::AuthMatcher;
 
+/// The variable that marks every process jobloop starts with the id of
+/// the jobloop instance, so a restarted jobloop can find what a killed one
+/// left running, without trusting a pid that may have been reused.
+pub const INSTANCE_VAR: &str = "JOBLOOP_INSTANCE";
+
 /// Size of one read from the job's output pipe.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -206,10 +211,11 @@ impl Process {
     /// # Errors
     ///
     /// When `sh` cannot be started.
-    pub fn spawn_shell(shell_command: &str) -> io::Result<Process> {
+    pub fn spawn_shell(shell_command: &str, instance: &str) -> io::Result<Process> {
         let child = Command::new("/bin/sh")
             .arg("-c")
             .arg(shell_command)
+            .env(INSTANCE_VAR, instance)
             .stdin(Stdio::null())
             .process_group(0)
             .spawn()?;

@@ -91,7 +91,36 @@ pub fn signal_descendants(pgid: Option<u32>, owned: Option<u32>, signal: Signal)
     }
 }
 
-/// True if any process is still in group `pgid`.
-pub fn group_alive(pgid: u32) -> bool {
-    killpg(Pid::from_raw(pgid as i32), None).is_ok()
+/// Processes (other than jobloop) whose environment holds `entry`
+/// (`NAME=value`), exactly.
+pub fn processes_with_env(entry: &str) -> Vec<Pid> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == entry.as_bytes())
+            })
+        })
+        .map(|pid| Pid::from_raw(pid as i32))
+        .collect()
+}
+
+/// SIGKILLs each process and the process group it is in.
+pub fn kill_with_groups(pids: &[Pid]) {
+    for &pid in pids {
+        if let Ok(group) = nix::unistd::getpgid(Some(pid)) {
+            // Never jobloop's own group.
+            if group != nix::unistd::getpgrp() {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
 }

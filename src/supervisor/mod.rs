@@ -23,7 +23,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::runlog::{self, RunLogEntry};
-use crate::runner::{reaper, JobSpec, Process, RunReport};
+use crate::runner::{self, reaper, JobSpec, Process, RunReport};
 use crate::statefile::{self, StateDir};
 use crate::telemetry::{LoopSpan, SpanIds};
 use classify::{classify, Next};
@@ -197,6 +197,20 @@ impl Supervisor {
         let Some(previous) = self.previous_state.take() else {
             return;
         };
+        // Whatever a previous jobloop on this state directory started and
+        // left running (it may have died before state.json named its job)
+        // carries its instance id in the environment.
+        if let Some(instance) = previous["instance"].as_str().filter(|id| !id.is_empty()) {
+            let left = reaper::processes_with_env(&format!("{}={instance}", runner::INSTANCE_VAR));
+            if !left.is_empty() {
+                tracing::warn!(
+                    processes = left.len(),
+                    previous_pid = previous["pid"].as_u64().unwrap_or(0),
+                    "stopping what the previous jobloop left running"
+                );
+                reaper::kill_with_groups(&left);
+            }
+        }
         if previous["status"] != "running" {
             return;
         }
@@ -209,18 +223,6 @@ impl Supervisor {
             trace_id = previous["traceId"].as_str().unwrap_or(""),
             "the previous jobloop died during an iteration; counting it as interrupted"
         );
-        if let Some(job) = previous["jobPid"]
-            .as_u64()
-            .filter(|&pid| pid > 1 && pid < i32::MAX as u64)
-        {
-            if reaper::group_alive(job as u32) {
-                tracing::warn!(
-                    process_group = job,
-                    "stopping the job the previous jobloop left running"
-                );
-                reaper::signal_descendants(Some(job as u32), None, Signal::SIGKILL);
-            }
-        }
         if !run_log.is_empty() {
             crate::files::append_line(
                 Path::new(run_log),
@@ -358,7 +360,7 @@ impl Supervisor {
         let span = LoopSpan::preflight();
         tracing::info!("preflight: running AGENT_PREFLIGHT_CMD");
         let started = Instant::now();
-        let passed = match Process::spawn_shell(&command) {
+        let passed = match Process::spawn_shell(&command, &self.state.instance) {
             Ok(mut process) => {
                 self.owned_child = Some(process.pid());
                 let status = self
@@ -511,6 +513,7 @@ impl Supervisor {
                 ("RUN_LOG", run_log_text.clone()),
                 ("JOBLOOP_ITERATION", iteration.to_string()),
                 ("TRACEPARENT", ids.traceparent()),
+                (runner::INSTANCE_VAR, self.state.instance.clone()),
             ],
             log: log_file,
             log_limit: self.settings.run_log_max_bytes,
@@ -747,7 +750,7 @@ impl Supervisor {
         ];
         for (hook, command) in hooks {
             let Some(command) = command else { continue };
-            let passed = match Process::spawn_shell(&command) {
+            let passed = match Process::spawn_shell(&command, &self.state.instance) {
                 Ok(mut process) => {
                     self.owned_child = Some(process.pid());
                     let status = self

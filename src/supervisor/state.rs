@@ -235,6 +235,9 @@ pub struct Snapshot {
     pub job_pid: Option<u32>,
     /// jobloop's version.
     pub version: &'static str,
+    /// Random id of this jobloop run, also in every child's
+    /// `JOBLOOP_INSTANCE`: how a restart finds what this one left behind.
+    pub instance: String,
     /// When the current status began.
     #[serde(serialize_with = "serialize_time_required")]
     pub status_since: SystemTime,
@@ -263,6 +266,7 @@ impl Snapshot {
             pid: std::process::id(),
             job_pid: None,
             version: env!("CARGO_PKG_VERSION"),
+            instance: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             status_since: now,
         }
     }
