@@ -265,6 +265,19 @@ pub fn otlp_from_env(
     OtlpSettings { endpoint, protocol }
 }
 
+/// An endpoint URL as it may be shown: user info (`user:password@`) is
+/// replaced by `***@`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 impl Settings {
     /// Validates the raw arguments (and the `OTEL_*` variables read through
     /// `lookup`) into settings.
@@ -552,7 +565,11 @@ impl Settings {
             ("AGENT_LOG_LEVEL", self.log_level.clone()),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
-                self.otlp.endpoint.clone().unwrap_or_default(),
+                self.otlp
+                    .endpoint
+                    .as_deref()
+                    .map(redact_url)
+                    .unwrap_or_default(),
             ),
             (
                 "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -562,7 +579,11 @@ impl Settings {
                     "http/protobuf".into()
                 },
             ),
-            ("COMMAND", self.command.join(" ")),
+            // Arguments may carry credentials: the program and their number.
+            (
+                "COMMAND",
+                format!("{} ({} arguments)", self.command[0], self.command.len() - 1),
+            ),
         ]
     }
 }
@@ -667,6 +688,13 @@ mod tests {
             assert!(!line.contains('\n'), "{line}");
             assert!(line.contains(variable), "{line}");
         }
+    }
+
+    #[test]
+    fn urls_lose_their_user_info() {
+        assert_eq!(redact_url("http://u:p@h:4317/x@y"), "http://***@h:4317/x@y");
+        assert_eq!(redact_url("http://h:4317"), "http://h:4317");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]

@@ -136,7 +136,7 @@ async fn run_async(settings: Arc<Settings>) -> anyhow::Result<()> {
         arguments = settings.command.len() - 1,
         log_dir = %settings.log_dir.display(),
         state_dir = %settings.state_dir.display(),
-        otlp = settings.otlp.endpoint.as_deref().unwrap_or("off"),
+        otlp = %settings.otlp.endpoint.as_deref().map_or_else(|| "off".to_string(), config::redact_url),
         version = env!("CARGO_PKG_VERSION"),
         "jobloop started"
     );

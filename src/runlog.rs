@@ -7,8 +7,9 @@
 //! 0640, and never through a symlink. Retention is a pure selection over
 //! (name, mtime, size) plus the deletion of what it selected.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -80,19 +81,20 @@ pub fn header(iteration: u64, trace_id: &str, span_id: &str, start: SystemTime) 
     )
 }
 
-/// Creates the run log for a run started at `start` in `runs_dir`: a new
-/// file, 0640, never through a symlink, with the next free suffix.
+/// Creates the run log for a run started at `start` in `runs_dir`, with
+/// `header` as its first line: a new file, 0640, never through a symlink,
+/// with the next free suffix.
 ///
 /// # Errors
 ///
 /// When no name can be created (directory missing, not writable, full).
-pub fn create(runs_dir: &Path, start: SystemTime) -> io::Result<(PathBuf, File)> {
-    RunLogNamer::default().create(runs_dir, start)
+pub fn create(runs_dir: &Path, start: SystemTime, header: &str) -> io::Result<(PathBuf, File)> {
+    RunLogNamer::default().create(runs_dir, start, header)
 }
 
 /// Names run logs, remembering the last suffix used within the current
-/// second so that many runs in one second cost one `open` each, not one per
-/// name already taken.
+/// second so that many runs in one second cost one attempt each, not one
+/// per name already taken.
 #[derive(Debug, Default)]
 pub struct RunLogNamer {
     base: String,
@@ -100,47 +102,92 @@ pub struct RunLogNamer {
 }
 
 impl RunLogNamer {
-    /// Creates the next run log; see [`create`].
+    /// Creates the next run log with its header; see [`create`].
+    ///
+    /// The header is written into an unnamed file (O_TMPFILE) that is then
+    /// linked under its name, so a run log appears with its header or not
+    /// at all, even if jobloop is killed in between. Where the file system
+    /// (or a missing /proc) does not allow that, the file is created under
+    /// its name and the header written right after.
     ///
     /// # Errors
     ///
     /// When no name can be created.
-    pub fn create(&mut self, runs_dir: &Path, start: SystemTime) -> io::Result<(PathBuf, File)> {
+    pub fn create(
+        &mut self,
+        runs_dir: &Path,
+        start: SystemTime,
+        header: &str,
+    ) -> io::Result<(PathBuf, File)> {
         let base = base_name(start);
         if base != self.base {
             self.base = base;
             self.next_suffix = 0;
         }
-        let mut last_error = None;
+        let mut unnamed = OpenOptions::new()
+            .write(true)
+            .mode(0o640)
+            .custom_flags(nix::libc::O_TMPFILE | nix::libc::O_CLOEXEC)
+            .open(runs_dir)
+            .ok();
+        if let Some(file) = unnamed.as_mut() {
+            file.write_all(header.as_bytes())?;
+        }
         for suffix in self.next_suffix..MAX_SUFFIX {
-            let name = if suffix == 0 {
-                format!("{}.log", self.base)
-            } else {
-                format!("{}-{suffix}.log", self.base)
+            let path = runs_dir.join(self.name(suffix));
+            let created = match unnamed.take() {
+                Some(file) => match link_unnamed(&file, &path) {
+                    Ok(()) => Ok(file),
+                    Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                        unnamed = Some(file);
+                        Err(error)
+                    }
+                    // Linking through /proc is not possible here: go on
+                    // with named files.
+                    Err(_) => self.create_named(&path, header),
+                },
+                None => self.create_named(&path, header),
             };
-            let path = runs_dir.join(name);
-            match crate::files::create_new(&path) {
+            match created {
                 Ok(file) => {
                     self.next_suffix = suffix + 1;
                     return Ok((path, file));
                 }
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                    last_error = Some(error)
-                }
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(error) => return Err(error),
             }
         }
-        Err(last_error.unwrap_or_else(|| io::Error::other("no free run-log name")))
+        Err(io::Error::other("no free run-log name"))
+    }
+
+    fn name(&self, suffix: u32) -> String {
+        if suffix == 0 {
+            format!("{}.log", self.base)
+        } else {
+            format!("{}-{suffix}.log", self.base)
+        }
+    }
+
+    fn create_named(&self, path: &Path, header: &str) -> io::Result<File> {
+        let mut file = crate::files::create_new(path)?;
+        file.write_all(header.as_bytes())?;
+        Ok(file)
     }
 }
 
-/// Writes the header into a new run log.
-///
-/// # Errors
-///
-/// When the write fails (disk full).
-pub fn write_header(file: &mut File, header: &str) -> io::Result<()> {
-    file.write_all(header.as_bytes())
+/// Gives an O_TMPFILE file the name `path`; fails with `AlreadyExists` if
+/// anything (a symlink included) has that name.
+fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        source.as_str(),
+        nix::fcntl::AT_FDCWD,
+        path,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Picks the run logs to delete. `entries` must be sorted oldest first
@@ -348,11 +395,12 @@ mod tests {
     fn create_adds_suffixes_and_skips_planted_links() {
         let dir = tempfile::tempdir().unwrap();
         let start = at(1_764_098_466);
-        let (first, _) = create(dir.path(), start).unwrap();
-        let (second, _) = create(dir.path(), start).unwrap();
+        let (first, _) = create(dir.path(), start, "# h\n").unwrap();
+        let (second, _) = create(dir.path(), start, "# h\n").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("20251125T192106Z-2.log"))
             .unwrap();
-        let (third, _) = create(dir.path(), start).unwrap();
+        let (third, _) = create(dir.path(), start, "# h\n").unwrap();
+        assert_eq!(fs::read_to_string(&third).unwrap(), "# h\n");
         assert!(first.ends_with("20251125T192106Z.log"));
         assert!(second.ends_with("20251125T192106Z-1.log"));
         assert!(third.ends_with("20251125T192106Z-3.log"));

@@ -223,7 +223,9 @@ impl Supervisor {
             trace_id = previous["traceId"].as_str().unwrap_or(""),
             "the previous jobloop died during an iteration; counting it as interrupted"
         );
-        if !run_log.is_empty() {
+        // Only a run log of ours: a tampered state.json must not make
+        // jobloop write elsewhere.
+        if Path::new(run_log).parent() == Some(self.runs_dir.as_path()) {
             crate::files::append_line(
                 Path::new(run_log),
                 "# jobloop interrupted: the daemon stopped before this run ended\n",
@@ -635,16 +637,9 @@ impl Supervisor {
         ids: &SpanIds,
         start: SystemTime,
     ) -> (PathBuf, Option<std::fs::File>) {
-        match self.namer.create(&self.runs_dir, start) {
-            Ok((path, mut file)) => {
-                let header = runlog::header(iteration, &ids.trace_id, &ids.span_id, start);
-                if let Err(error) = runlog::write_header(&mut file, &header) {
-                    self.metrics.run_log_write_errors.inc();
-                    tracing::error!(iteration, run_log = %path.display(), %error, "cannot write the run log header");
-                    return (path, None);
-                }
-                (path, Some(file))
-            }
+        let header = runlog::header(iteration, &ids.trace_id, &ids.span_id, start);
+        match self.namer.create(&self.runs_dir, start, &header) {
+            Ok((path, file)) => (path, Some(file)),
             Err(error) => {
                 self.metrics.run_log_write_errors.inc();
                 let path = self
