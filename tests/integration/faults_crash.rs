@@ -94,6 +94,18 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
         let pid = h.pid();
         // The restart notices (or not) the iteration the kill interrupted.
         if let Some(previous) = kills.last() {
+            // The notice comes first in the new daemon's loop: once it has
+            // published its first run, the notice is done.
+            h.wait_until(
+                &format!("round {round}: the restarted daemon's first run"),
+                Duration::from_secs(20),
+                |h| {
+                    h.state().is_some_and(|s| {
+                        s["pid"].as_u64() == Some(u64::from(pid))
+                            && s["iteration"].as_u64().unwrap_or(0) >= 1
+                    })
+                },
+            );
             h.wait_http();
             let counted = scrape(&h, "jobloop_interrupted_iterations_total");
             let stderr = h.stderr();
