@@ -8,7 +8,8 @@
 //!
 //! Extends tests/integration/secrets.rs (metrics, spans, text log, /state,
 //! /health) to the JSON log, the probes' verbose answers, `status`, `check`
-//! and the OTLP endpoint's own credentials.
+//! and the OTLP endpoint's own credentials; and a crafted state.json whose
+//! `runLog` points outside `runs/` makes jobloop write nothing there.
 
 use std::path::Path;
 use std::time::Duration;
@@ -86,10 +87,9 @@ fn secrets_reach_no_json_log_line_probe_state_status_check_or_span() {
             String::from_utf8_lossy(&status.stderr)
         ),
     ));
-    // `check` echoes the command line the operator typed (arguments
-    // included, by design); only the environment's secrets are checked.
+    // README: `check` prints the program and its number of arguments.
     let check = jobloop(
-        &["check", "--", &job],
+        &["check", "--", &job, &argument],
         &[("API_TOKEN", SECRET), ("AGENT_ADMIN_TOKEN", ADMIN)],
     );
     assert_eq!(check.status.code(), Some(0));
@@ -367,4 +367,37 @@ fn symlinks_planted_at_state_json_tmp_state_json_and_a_marker_are_never_followed
         "state.json is a regular file again"
     );
     assert_eq!(h.state().unwrap()["status"], "stopped");
+}
+
+// See: README "append ... to that run log" (only jobloop's own): a crafted
+// or stale state.json must not make jobloop write to a file elsewhere.
+#[test]
+fn an_interrupted_state_naming_a_file_outside_runs_is_counted_but_the_file_is_untouched() {
+    let mut h = Harness::new();
+    let outside = tempfile::tempdir().unwrap();
+    let target = victim(outside.path(), "not-a-run-log.txt");
+    let beside = victim(&h.path(""), "beside-runs.log");
+    std::fs::create_dir_all(h.path("state")).unwrap();
+    for (round, run_log) in [&target, &beside].into_iter().enumerate() {
+        std::fs::write(
+            h.path("state/state.json"),
+            serde_json::json!({
+                "status": "running", "iteration": 2, "pid": 999_999, "jobPid": null,
+                "runLog": run_log.to_str().unwrap(), "traceId": null
+            })
+            .to_string(),
+        )
+        .unwrap();
+        h.env("AGENT_IDLE_SLEEP", "60s");
+        h.start(&[], &["true"]);
+        h.wait_status("idle", SECS_20);
+        h.wait_http();
+        assert_eq!(
+            crate::faults_support::scrape(&h, "jobloop_interrupted_iterations_total"),
+            1.0,
+            "round {round}: still counted"
+        );
+        assert_eq!(h.stop().code(), Some(0));
+        assert_untouched(run_log);
+    }
 }
