@@ -139,6 +139,14 @@ def cg_release(d):
             time.sleep(0.02)
 
 
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
 def tree_cpu(pid):
     """CPU seconds of pid and everything below it."""
     d = CGROUPS.get(pid)
@@ -573,21 +581,39 @@ def fig_cpu_per_iteration(floor_cpu, seed):
     reps = 2 if SMOKE else 5
     n = 150 if SMOKE else 2000
     warm = 20 if SMOKE else 100
-    jl = []
-    jl_pace = []
-    for r in range(reps):
-        j = Jobloop(f"cpu-{r}", ["/bin/true"])
-        try:
-            j.wait_iteration(warm)
-            i0, c0, t0 = j.iteration(), tree_cpu(j.pid), time.monotonic()
-            j.wait_iteration(i0 + n, interval=0.05)
-            i1, c1, t1 = j.iteration(), tree_cpu(j.pid), time.monotonic()
-        finally:
-            j.stop()
-        jl.append((c1 - c0) * 1e3 / (i1 - i0))
-        jl_pace.append((t1 - t0) * 1e3 / (i1 - i0))
+    def measure(data_dir=None):
+        cpu, pace = [], []
+        for r in range(reps):
+            extra = {}
+            if data_dir:
+                extra = {"AGENT_LOG_DIR": f"{data_dir}/logs-{r}", "AGENT_STATE_DIR": f"{data_dir}/state-{r}"}
+            j = Jobloop(f"cpu-{r}", ["/bin/true"], extra=extra)
+            try:
+                if data_dir:
+                    j.state = lambda r=r: _read_json(f"{data_dir}/state-{r}/state.json")
+                j.wait_iteration(warm)
+                i0, c0, t0 = j.iteration(), tree_cpu(j.pid), time.monotonic()
+                j.wait_iteration(i0 + n, interval=0.05)
+                i1, c1, t1 = j.iteration(), tree_cpu(j.pid), time.monotonic()
+            finally:
+                j.stop()
+            cpu.append((c1 - c0) * 1e3 / (i1 - i0))
+            pace.append((t1 - t0) * 1e3 / (i1 - i0))
+        return cpu, pace
+
+    jl, jl_pace = measure()
     RAW["cpu_per_iteration_jobloop_ms"] = jl
     RAW["wall_per_iteration_jobloop_ms"] = jl_pace
+    shm = Path("/dev/shm")
+    jl_tmpfs = []
+    if shm.is_dir() and os.access(shm, os.W_OK) and not str(WORK).startswith("/dev/shm"):
+        d = shm / f"jobloop-bench-{os.getpid()}"
+        d.mkdir()
+        try:
+            jl_tmpfs, _ = measure(str(d))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        RAW["cpu_per_iteration_jobloop_tmpfs_ms"] = jl_tmpfs
 
     sd = []
     if seed:
@@ -632,6 +658,8 @@ def fig_cpu_per_iteration(floor_cpu, seed):
     ratio_seed = med(sd) / med(jl) if sd else None
     ok = med(jl) <= 2.0 and (ratio_seed is None or ratio_seed >= 50)
     extra = f"; {ratio_floor:.1f}× floor" + (f", seed/jobloop {ratio_seed:.0f}×" if ratio_seed else "")
+    if jl_tmpfs:
+        extra += f"<br>same, run logs + state.json on tmpfs: {spread(jl_tmpfs, unit=' ms')}"
     row(
         "CPU per iteration, whole tree (job `true`, idle 0)",
         spread(jl, unit=" ms") + extra,

@@ -10,6 +10,7 @@
 #                 absent its columns say "skipped"
 #   BENCH_ONLY    comma list of figures: cpu,turnaround,idle,memory,output,auth,metrics,startup
 #   BENCH_JSON    where the raw numbers go (default bench/results/latest.json)
+#   BENCH_TMPDIR  where the scratch dir (run logs, state.json) goes (default /tmp)
 #   HORUST_ROOT   cargo install root for horust 0.1.14 (full run only;
 #                 default /tmp/jobloop-bench-horust); BENCH_NO_PEERS=1 skips both peers
 # Network: only 127.0.0.1. Needs: cargo, gcc, python3; wrk for /metrics load.
@@ -79,7 +80,7 @@ fi
 
 # 5. measure
 export BENCH_WORK
-BENCH_WORK=$(mktemp -d /tmp/jobloop-bench.XXXXXX)
+BENCH_WORK=$(mktemp -d "${BENCH_TMPDIR:-/tmp}/jobloop-bench.XXXXXX")
 trap 'rc=$?; if [ $rc = 0 ]; then rm -rf "$BENCH_WORK"; else echo "[bench] failed (rc $rc); scratch kept in $BENCH_WORK" >&2; fi' EXIT
 mkdir -p bench/results
 export BENCH_JSON=${BENCH_JSON:-$root/bench/results/$([ "$smoke" = 1 ] && echo smoke || echo latest).json}
