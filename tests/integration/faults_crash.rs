@@ -406,3 +406,91 @@ fn a_jobloop_killed_as_its_job_starts_leaves_no_job_behind() {
         h.stderr()
     );
 }
+
+/// Kills jobloop once `ready` holds, checks that a child of it outlived the
+/// kill, restarts it on a `true` job, and returns what is left of the dead
+/// one's children once the new one has run.
+fn kill_restart_and_list_leftovers(
+    h: &mut Harness,
+    assignment: &str,
+    ready: impl Fn(&Harness) -> bool,
+) -> Vec<(i32, String)> {
+    h.wait_until("the moment to kill", Duration::from_secs(20), |h| ready(h));
+    h.kill();
+    let orphans = crate::faults_support::processes_with_var(assignment, &[]);
+    assert!(
+        !orphans.is_empty(),
+        "premise: a child outlives the SIGKILLed jobloop"
+    );
+    h.env("AGENT_PREFLIGHT_CMD", "true")
+        .env("AGENT_ROTATE_CMD", "true")
+        .env("AGENT_IDLE_SLEEP", "60s");
+    h.start(&[], &["true"]);
+    h.wait_status("idle", Duration::from_secs(20));
+    let mut left = crate::faults_support::processes_with_var(assignment, &[h.pid()]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = crate::faults_support::processes_with_var(assignment, &[h.pid()]);
+    }
+    for (pid, _) in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert_eq!(h.stop().code(), Some(0));
+    left
+}
+
+// See: issue 6 item 1, "no job process is left behind": the preflight, the
+// hooks and a job in its shutdown grace are children too.
+#[test]
+fn a_jobloop_killed_during_preflight_hook_or_shutdown_grace_leaves_nothing_behind() {
+    let mut failures = Vec::new();
+    for moment in ["preflight", "rotate hook", "shutdown grace"] {
+        let mut h = Harness::new();
+        let assignment = format!("FAULT_MARKER={}", h.dir.path().display());
+        let (_, value) = assignment.split_once('=').unwrap();
+        let value = value.to_string();
+        h.env("FAULT_MARKER", &value)
+            .env("AGENT_PREFLIGHT_TIMEOUT", "1h")
+            .env("AGENT_HOOK_TIMEOUT", "1h")
+            .env("AGENT_SHUTDOWN_GRACE", "1h");
+        let stubborn = h.script("stubborn.sh", "trap '' TERM\nexec sleep 3600");
+        let stubborn = stubborn.to_str().unwrap().to_string();
+        let left = match moment {
+            "preflight" => {
+                h.env("AGENT_PREFLIGHT_CMD", &stubborn);
+                h.start(&[], &["true"]);
+                kill_restart_and_list_leftovers(&mut h, &assignment, |h| {
+                    h.state().is_some_and(|s| s["status"] == "starting")
+                        && crate::faults_support::processes_with_var(&assignment, &[h.pid()])
+                            .iter()
+                            .any(|(_, c)| c.contains("sleep"))
+                })
+            }
+            "rotate hook" => {
+                h.env("AGENT_ROTATE_CMD", &stubborn);
+                h.start(&[], &["true"]);
+                kill_restart_and_list_leftovers(&mut h, &assignment, |h| {
+                    crate::faults_support::processes_with_var(&assignment, &[h.pid()])
+                        .iter()
+                        .any(|(_, c)| c.contains("sleep"))
+                })
+            }
+            _ => {
+                h.start(&[], &[&stubborn]);
+                h.wait_status("running", Duration::from_secs(20));
+                h.signal(nix::sys::signal::Signal::SIGTERM);
+                kill_restart_and_list_leftovers(&mut h, &assignment, |h| {
+                    h.state().is_some_and(|s| s["status"] == "stopping")
+                })
+            }
+        };
+        if !left.is_empty() {
+            failures.push(format!("killed during the {moment}: left {left:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

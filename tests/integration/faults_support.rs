@@ -261,3 +261,22 @@ pub fn mode(path: &Path) -> u32 {
         .mode()
         & 0o7777
 }
+
+/// Living processes (zombies excluded) with the exact environment entry
+/// `assignment` (`NAME=value`), other than `except`.
+pub fn processes_with_var(assignment: &str, except: &[u32]) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    processes()
+        .into_iter()
+        .filter(|(pid, state, _, _)| {
+            *pid != me && *state != 'Z' && !except.contains(&(*pid as u32))
+        })
+        .filter(|(pid, _, _, _)| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0)
+                    .any(|var| var == assignment.as_bytes())
+            })
+        })
+        .map(|(pid, _, _, _)| (pid, cmdline(pid)))
+        .collect()
+}
