@@ -343,3 +343,42 @@ fn a_grandchild_holding_the_pipe_delays_the_iteration_by_at_most_about_a_second(
         "grandchildren survived the shutdown: {survivors:?}"
     );
 }
+
+// See: SPEC §5 "a running job gets SIGTERM at once ..., then SIGKILL after
+// AGENT_SHUTDOWN_GRACE; processes that escaped the group ... are stopped
+// too": an escaped daemon that cleans up on SIGTERM gets the grace as
+// well, even when its job exits at once.
+#[test]
+fn at_shutdown_an_escaped_daemon_gets_the_grace_to_clean_up() {
+    let mut h = Harness::new();
+    let dir = h.dir.path().display().to_string();
+    let daemon = h.script(
+        "daemon.sh",
+        &format!(
+            "trap 'sleep 1; echo cleaned > \"{dir}/cleaned\"; exit 0' TERM\n\
+             echo $$ > \"{dir}/daemon.pid\"\n\
+             while :; do sleep 0.1; done"
+        ),
+    );
+    let job = h.script(
+        "job.sh",
+        &format!(
+            "( setsid '{}' </dev/null >/dev/null 2>&1 & )\nexec sleep 3600",
+            daemon.display()
+        ),
+    );
+    h.env("AGENT_SHUTDOWN_GRACE", "10s");
+    h.start(&[], &[job.to_str().unwrap()]);
+    let daemon_pid = read_pid_file(&h.path("daemon.pid"), SECS_20);
+    h.wait_status("running", SECS_20);
+    let stopping = Instant::now();
+    assert_eq!(h.stop().code(), Some(0));
+    let took = stopping.elapsed();
+    assert!(!pid_alive(daemon_pid), "the daemon is stopped");
+    assert!(
+        h.path("cleaned").exists(),
+        "the escaped daemon was killed before it could clean up (shutdown took {took:?} \
+         with a 10 s grace)\n{}",
+        h.stderr()
+    );
+}
