@@ -46,5 +46,7 @@ mod faults_otlp;
 mod faults_pid1;
 /// Faults: absurd but valid settings (factor 1000, no failure limit, 1 ms idle).
 mod faults_settings;
+/// Faults: the daemon's own stderr broken or full.
+mod faults_stderr;
 /// Fault tests' helpers: CI-aware skips, tmpfs mounts, /proc sampling.
 mod faults_support;
