@@ -382,3 +382,65 @@ fn at_shutdown_an_escaped_daemon_gets_the_grace_to_clean_up() {
         h.stderr()
     );
 }
+
+/// Open file descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+// See: issue 6 item 4. A long-lived supervisor must not leak: over many
+// runs that succeed, fail, time out and leave a grandchild holding the
+// pipe, jobloop's descriptors and threads stay where they were.
+#[test]
+fn descriptors_and_threads_do_not_leak_over_mixed_runs() {
+    let mut h = Harness::new();
+    let job = h.script(
+        "job.sh",
+        "case $((JOBLOOP_ITERATION % 4)) in\n\
+           0) exit 0 ;;\n\
+           1) echo failing; exit 1 ;;\n\
+           2) exec sleep 5 ;;\n\
+           3) sleep 0.05 & echo held; exit 0 ;;\n\
+         esac",
+    );
+    h.env("AGENT_IDLE_SLEEP", "1ms")
+        .env("AGENT_MAX_FAILURES", "0")
+        .env("AGENT_BACKOFF_START", "1ms")
+        .env("AGENT_BACKOFF_MAX", "1ms")
+        .env("AGENT_JOB_TIMEOUT", "50ms")
+        .env("AGENT_KILL_GRACE", "50ms");
+    h.start(&[], &[job.to_str().unwrap()]);
+    let pid = h.pid();
+    let (early_at, late_at) = if crate::faults_support::full() {
+        (40, 2000)
+    } else {
+        (40, 240)
+    };
+    h.wait_iteration(early_at, SECS_20);
+    h.wait_http();
+    let _ = h.get("/metrics");
+    let fds_early = fd_count(pid);
+    let threads_early = crate::faults_support::status_kib(pid, "Threads").unwrap_or(0);
+    h.wait_iteration(late_at, Duration::from_secs(300));
+    let _ = h.get("/metrics");
+    let fds_late = fd_count(pid);
+    let threads_late = crate::faults_support::status_kib(pid, "Threads").unwrap_or(0);
+    let timeouts = scrape(&h, "jobloop_iterations_total{outcome=\"timeout\"}");
+    println!(
+        "faults_child: {late_at} mixed runs ({timeouts} timeouts): fds {fds_early} -> \
+         {fds_late}, threads {threads_early} -> {threads_late}"
+    );
+    assert!(
+        timeouts >= (late_at / 4 - 5) as f64,
+        "the mix ran: {timeouts} timeouts"
+    );
+    assert!(
+        fds_late <= fds_early + 2,
+        "descriptors leak: {fds_early} after {early_at} runs, {fds_late} after {late_at}"
+    );
+    assert!(
+        threads_late <= threads_early + 2,
+        "threads leak: {threads_early} -> {threads_late}"
+    );
+    assert_eq!(h.stop().code(), Some(0));
+}
