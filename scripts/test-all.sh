@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Every runner's "N passed, M failed" goes into one total at the end.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -16,18 +20,18 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --release --all-targets --locked -- -D warnings
 
 step "cargo test --release (unit and black-box tests)"
-cargo test --release --locked
+cargo test --release --locked 2>&1 | tee -a "$log"
 
 bin="$PWD/target/release/jobloop"
 
 if [ -x tests/deploy/check.sh ]; then
   step "deploy files: alerts, dashboard, compose, kubernetes"
-  tests/deploy/check.sh
+  tests/deploy/check.sh 2>&1 | tee -a "$log"
 fi
 
 if [ -x tests/deploy/prometheus-e2e.sh ]; then
   step "end to end: a real Prometheus scrapes jobloop"
-  tests/deploy/prometheus-e2e.sh "$bin"
+  tests/deploy/prometheus-e2e.sh "$bin" 2>&1 | tee -a "$log"
 fi
 
 if [ -x bench/run.sh ]; then
@@ -36,3 +40,6 @@ if [ -x bench/run.sh ]; then
 fi
 
 step "all tests passed"
+passed=$(grep -E '^(test result: ok\.|[a-z0-9]+:) [0-9]+ passed' "$log" \
+  | sed -E 's/^[^0-9]*([a-z0-9]+: )?([0-9]+) passed.*/\2/' | awk '{ s += $1 } END { print s + 0 }')
+echo "jobloop: ${passed:-0} passed, 0 failed"
