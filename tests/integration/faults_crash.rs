@@ -7,12 +7,15 @@
 //! line saying "interrupted" and appends `# jobloop interrupted` to that
 //! run log; every run log has its header and none is lost (the header
 //! iterations run 1, 2, ... k per daemon with no gap); no job process is
-//! left behind: the job's group survives the SIGKILL (jobloop cannot act
-//! once killed) and the next start kills it by the `jobPid` state.json
-//! recorded.
+//! left behind: the job survives the SIGKILL (jobloop cannot act once
+//! killed) and the next start stops every process that carries the dead
+//! jobloop's instance id in its environment (README), even one state.json
+//! never named; never a process group only because a stale `jobPid` names
+//! it. The same holds for a kill during the preflight, a hook or the
+//! shutdown grace.
 //!
-//! CI: 30 kills over at least 300 iterations. `JOBLOOP_FULL_FAULTS=1`: 30
-//! kills, each after about 300 iterations.
+//! CI: 30 kills over about 300 iterations (each after 1–20 of them, at
+//! random). `JOBLOOP_FULL_FAULTS=1`: 30 kills, each after 1–600.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
