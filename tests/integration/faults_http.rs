@@ -391,3 +391,46 @@ fn wrk_on_metrics_does_not_slow_the_loop() {
     );
     assert_eq!(h.stop().code(), Some(0));
 }
+
+// See: issue 6 item 6 (abuse): a request body far larger than any answer
+// needs is not buffered: the answer comes at once and memory stays flat.
+#[test]
+fn a_huge_request_body_is_not_buffered() {
+    let mut h = daemon();
+    let rss_before = rss_kib(h.pid());
+    let mut stream = TcpStream::connect(address(&h)).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = "POST /resume HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer x\r\n\
+                Content-Length: 1073741824\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while sent < 64 << 20 && started.elapsed() < Duration::from_secs(10) {
+        match stream.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let outcome = fate(&mut stream, Instant::now() + Duration::from_secs(10));
+    let peak = peak_rss_kib(h.pid());
+    println!(
+        "faults_http: a 1 GiB body announced, {} MiB sent: {outcome:?}; RSS {rss_before} KiB \
+         before, peak {peak} KiB",
+        sent >> 20
+    );
+    assert!(
+        matches!(outcome, Fate::Answered(_) | Fate::Closed),
+        "{outcome:?}"
+    );
+    assert!(
+        peak < rss_before + 16 * 1024,
+        "the body was buffered: RSS peaked at {peak} KiB from {rss_before} KiB"
+    );
+    let (code, _) = h.get("/state");
+    assert_eq!(code, 200);
+    let before = iteration(&h);
+    h.wait_iteration(before + 3, SECS_20);
+}
