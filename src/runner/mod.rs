@@ -146,6 +146,10 @@ pub struct Process {
     child: Child,
     pid: u32,
     pump: Option<Pump>,
+    /// `RUN_LOG=<path>`: inherited by every descendant of a job, so those
+    /// that escape its process group are still known to be its own.
+    marker: Option<String>,
+    exit: Option<ExitStatus>,
     kill_at: Option<Instant>,
     term_sent: bool,
     kill_sent: bool,
@@ -194,7 +198,12 @@ impl Process {
             stop_rx,
         ));
         let pid = child.id().expect("a just-spawned child has a pid");
-        Ok(Process::new(
+        let marker = spec
+            .env
+            .iter()
+            .find(|(k, _)| *k == "RUN_LOG")
+            .map(|(k, v)| format!("{k}={v}"));
+        let mut process = Process::new(
             child,
             pid,
             Some(Pump {
@@ -202,7 +211,9 @@ impl Process {
                 stop: Some(stop_tx),
                 matched: Some(matched_rx),
             }),
-        ))
+        );
+        process.marker = marker;
+        Ok(process)
     }
 
     /// Starts `sh -c COMMAND` with jobloop's stdout and stderr (preflight,
@@ -228,6 +239,8 @@ impl Process {
             child,
             pid,
             pump,
+            marker: None,
+            exit: None,
             kill_at: None,
             term_sent: false,
             kill_sent: false,
@@ -244,20 +257,39 @@ impl Process {
     /// Waits for the child to exit, sending SIGKILL when a stop's grace runs
     /// out. Cancel-safe.
     pub async fn wait(&mut self) -> ExitStatus {
-        loop {
+        let status = loop {
+            if let Some(status) = self.exit {
+                break status;
+            }
             let deadline = self.kill_at.filter(|_| !self.kill_sent);
             tokio::select! {
                 status = self.child.wait() => {
                     // A failed wait means the child is gone already; report
                     // it as killed rather than crash the loop.
-                    return status.unwrap_or_else(|_| {
+                    self.exit = Some(status.unwrap_or_else(|_| {
                         use std::os::unix::process::ExitStatusExt;
                         ExitStatus::from_raw(9)
-                    });
+                    }));
                 }
                 _ = sleep_until_opt(deadline) => self.kill_now(),
             }
+        };
+        // After a stop, what is left of the job (members of its group, and
+        // descendants that escaped it) gets the rest of the grace to clean
+        // up, then SIGKILL. A short poll: this path is rare and bounded.
+        while self.term_sent && !self.kill_sent {
+            reaper::reap_orphans(None);
+            if !reaper::job_alive(self.pid, self.marker.as_deref()) {
+                break;
+            }
+            match self.kill_at {
+                Some(at) if Instant::now() < at => {
+                    tokio::time::sleep((at - Instant::now()).min(Duration::from_millis(20))).await;
+                }
+                _ => self.kill_now(),
+            }
         }
+        status
     }
 
     /// Takes the signal that fires once when the auth pattern matches the
@@ -274,7 +306,7 @@ impl Process {
         self.kill_at = Some(self.kill_at.map_or(deadline, |at| at.min(deadline)));
         if !self.term_sent {
             self.term_sent = true;
-            reaper::signal_descendants(Some(self.pid), Some(self.pid), Signal::SIGTERM);
+            reaper::signal_job(self.pid, self.marker.as_deref(), Signal::SIGTERM);
         }
     }
 
@@ -294,7 +326,7 @@ impl Process {
     pub fn kill_now(&mut self) {
         self.kill_sent = true;
         self.term_sent = true;
-        reaper::signal_descendants(Some(self.pid), Some(self.pid), Signal::SIGKILL);
+        reaper::signal_job(self.pid, self.marker.as_deref(), Signal::SIGKILL);
     }
 
     /// True once jobloop has asked the child to stop.
@@ -309,7 +341,7 @@ impl Process {
     /// whatever is left of its group and its escaped descendants is killed.
     pub async fn finish(mut self, status: ExitStatus, drain_wait: Duration) -> RunReport {
         if self.term_sent {
-            reaper::signal_descendants(Some(self.pid), None, Signal::SIGKILL);
+            reaper::signal_job(self.pid, self.marker.as_deref(), Signal::SIGKILL);
         }
         let (exit_code, signal) = exit_code(status);
         let mut report = RunReport {

@@ -76,19 +76,39 @@ pub fn adopted_processes(owned: Option<u32>) -> Vec<Pid> {
         .collect()
 }
 
-/// Sends `signal` to the process group `pgid` and to every adopted process.
-/// Errors (the group is already gone) are ignored: the aim is that nothing
-/// is left.
-pub fn signal_descendants(pgid: Option<u32>, owned: Option<u32>, signal: Signal) {
-    if let Some(pgid) = pgid {
-        let _ = killpg(Pid::from_raw(pgid as i32), signal);
-    }
-    for pid in adopted_processes(owned) {
-        // An adopted process may lead a group of its own (setsid daemons):
-        // signal that group too.
+/// Sends `signal` to every adopted process and the group each leads (the
+/// shutdown sweep). Errors (already gone) are ignored.
+pub fn signal_adopted(signal: Signal) {
+    for pid in adopted_processes(None) {
+        // An adopted process may lead a group of its own (setsid daemons).
         let _ = killpg(pid, signal);
         let _ = kill(pid, signal);
     }
+}
+
+/// Sends `signal` to the job's process group `pgid` and to the processes
+/// that escaped it but still carry the job's `marker` variable
+/// (`RUN_LOG=...`) in their environment, with their groups. Errors (already
+/// gone) are ignored: the aim is that nothing of the job is left.
+pub fn signal_job(pgid: u32, marker: Option<&str>, signal: Signal) {
+    let _ = killpg(Pid::from_raw(pgid as i32), signal);
+    if let Some(marker) = marker {
+        for pid in processes_with_env(marker) {
+            if let Ok(group) = nix::unistd::getpgid(Some(pid)) {
+                if group != nix::unistd::getpgrp() {
+                    let _ = killpg(group, signal);
+                }
+            }
+            let _ = kill(pid, signal);
+        }
+    }
+}
+
+/// True while anything of the job lives: a member of its group, or an
+/// escaped process carrying its `marker`.
+pub fn job_alive(pgid: u32, marker: Option<&str>) -> bool {
+    killpg(Pid::from_raw(pgid as i32), None).is_ok()
+        || marker.is_some_and(|marker| !processes_with_env(marker).is_empty())
 }
 
 /// Processes (other than jobloop) whose environment holds `entry`

@@ -790,7 +790,7 @@ impl Supervisor {
             return;
         }
         tracing::info!("stopping processes left behind by earlier jobs");
-        reaper::signal_descendants(None, None, Signal::SIGTERM);
+        reaper::signal_adopted(Signal::SIGTERM);
         let deadline = Instant::now() + self.settings.shutdown_grace;
         while Instant::now() < deadline && self.shutdowns < 2 {
             reaper::reap_orphans(None);
@@ -800,7 +800,7 @@ impl Supervisor {
             // Shutdown only: a short poll is simpler than tracking every pid.
             let _ = tokio::time::timeout(Duration::from_millis(20), self.next_event()).await;
         }
-        reaper::signal_descendants(None, None, Signal::SIGKILL);
+        reaper::signal_adopted(Signal::SIGKILL);
         reaper::reap_orphans(None);
     }
 }
