@@ -26,7 +26,7 @@ use crate::supervisor::Command;
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 1024;
 /// Longest wait for a request's headers (slowloris).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(8);
 /// Longest life of one connection, keep-alive included.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// Largest request head accepted (hyper's minimum is 8 KiB).
