@@ -235,7 +235,7 @@ impl Metrics {
             Box::new(metrics.run_log_write_errors.clone()),
             Box::new(metrics.state_write_errors.clone()),
             Box::new(build_info),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            Box::new(CachedProcessCollector::new()),
         ];
         for collector in collectors {
             r.register(collector)
@@ -290,6 +290,46 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buffer)
             .expect("encoding into memory cannot fail");
         String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+/// The `process_*` metrics, read from `/proc` at most once a second: each
+/// read costs more than the rest of a scrape, and a flood of scrapes must
+/// not turn into a flood of `/proc` reads.
+struct CachedProcessCollector {
+    inner: prometheus::process_collector::ProcessCollector,
+    cache: std::sync::Mutex<Option<(std::time::Instant, Vec<prometheus::proto::MetricFamily>)>>,
+}
+
+impl CachedProcessCollector {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn new() -> CachedProcessCollector {
+        CachedProcessCollector {
+            inner: prometheus::process_collector::ProcessCollector::for_self(),
+            cache: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl prometheus::core::Collector for CachedProcessCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.inner.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, families)) = cache.as_ref() {
+            if at.elapsed() < Self::FRESH {
+                return families.clone();
+            }
+        }
+        let families = self.inner.collect();
+        *cache = Some((std::time::Instant::now(), families.clone()));
+        families
     }
 }
 
