@@ -19,6 +19,9 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --release --all-targets --locked -- -D warnings
 
+step "cargo doc (broken doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --locked
+
 step "cargo test --release (unit and black-box tests)"
 cargo test --release --locked 2>&1 | tee -a "$log"
 

@@ -33,7 +33,7 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Whether the loop answers, with a cache so a flood of probes costs the
-/// loop at most one ping per [`Liveness::FRESH`].
+/// loop at most one ping per half second.
 pub struct Liveness {
     epoch: Instant,
     last_answer_ms: AtomicU64,
