@@ -147,7 +147,7 @@ run "amtool check-config deploy/compose/alertmanager.yml" amtool check-config de
 run "kubernetes-validate --strict deploy/kubernetes/*.yaml" kubernetes_validate
 run "kubernetes: probes, grace period, resources, security, Secret, scrape" python3 tests/deploy/lint.py kubernetes
 run "PrometheusRule rules pass promtool check rules" prometheusrule_rules
-run "PrometheusRule carries exactly the rules of alerts/ (no drift)" python3 tests/deploy/sync-prometheusrule.py --check
+run "PrometheusRule carries exactly the rules of alerts/ (no drift)" python3 scripts/sync-prometheusrule.py --check
 run "shell scripts parse (bash -n)" bash -c 'for f in tests/deploy/*.sh; do bash -n "$f" && echo "$f"; done'
 
 echo

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Keeps deploy/kubernetes/prometheusrule.yaml equal to alerts/jobloop.rules.yml.
 
-    python3 tests/deploy/sync-prometheusrule.py          # rewrite the PrometheusRule
-    python3 tests/deploy/sync-prometheusrule.py --check  # exit 1 if the two differ
+    python3 scripts/sync-prometheusrule.py          # rewrite the PrometheusRule
+    python3 scripts/sync-prometheusrule.py --check  # exit 1 if the two differ
 
 The PrometheusRule's spec.groups is the rule file's `groups:` block, copied
 as text (comments included) and indented under `spec:`. --check compares the
@@ -17,12 +17,12 @@ import sys
 
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 RULES = ROOT / "alerts" / "jobloop.rules.yml"
 TARGET = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
 
 HEADER = """\
-# GENERATED from alerts/jobloop.rules.yml by tests/deploy/sync-prometheusrule.py:
+# GENERATED from alerts/jobloop.rules.yml by scripts/sync-prometheusrule.py:
 # edit the rule file, then run that script. tests/deploy/check.sh fails while
 # the two differ.
 #
@@ -68,7 +68,7 @@ def check() -> int:
             for line in difflib.unified_diff(
                 dump(rules.get("groups")), dump(spec_groups),
                 "alerts/jobloop.rules.yml groups", "prometheusrule.yaml spec.groups", lineterm=""))
-        print("fix: python3 tests/deploy/sync-prometheusrule.py")
+        print("fix: python3 scripts/sync-prometheusrule.py")
         return 1
     names = [r.get("alert") or r.get("record") for g in spec_groups for r in g["rules"]]
     print(f"ok   PrometheusRule carries the same {len(names)} rules as alerts/jobloop.rules.yml")
