@@ -138,7 +138,7 @@ run "promtool check rules alerts/jobloop.rules.yml" promtool check rules alerts/
 run "promtool test rules alerts/tests/*.yml" promtool test rules alerts/tests/*.yml
 run "alerts: labels, annotations, runbook sections and anchors, unit-test coverage" python3 tests/deploy/lint.py alerts
 run "dashboard: JSON, fixed uid, variables datasource/job/instance" dashboard_shape
-run "dashboard: panel queries use only metric-names.txt (and process_*, up)" python3 tests/deploy/lint.py dashboard
+run "dashboard: panel queries use only metrics of tests/fixtures/metrics.txt (and up)" python3 tests/deploy/lint.py dashboard
 run "docker-compose -f docker-compose.yml config --quiet" docker-compose -f docker-compose.yml config --quiet
 run "compose: mounted files exist, ports and env agree with SPEC, Dockerfile" python3 tests/deploy/lint.py compose
 run "Dockerfile build context: cargo --locked resolves with .dockerignore applied" docker_context

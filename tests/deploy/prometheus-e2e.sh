@@ -20,7 +20,7 @@
 # on 127.0.0.1 with a generated config: scrape and rule evaluation every 1 s,
 # alerts/jobloop.rules.yml loaded. Every wait polls a condition with a
 # deadline. Then, through Prometheus' HTTP API, it checks that
-#   (a) every metric name in tests/deploy/metric-names.txt was scraped,
+#   (a) every metric name in tests/fixtures/metrics.txt was scraped,
 #   (b) every query of every panel in dashboards/jobloop.json returns data
 #       once its variables are substituted,
 #   (c) each alert's expression, as Prometheus loaded it, is true for the
@@ -275,17 +275,18 @@ fi
 
 # -------------------------------------------------------------- (a) names
 echo
-echo "==> (a) every metric name of tests/deploy/metric-names.txt was scraped"
+echo "==> (a) every metric name of tests/fixtures/metrics.txt was scraped"
+# The golden exposition's TYPE lines name every family jobloop exports
+# (process_* included); a histogram is scraped as _bucket, _sum and _count.
 expected=()
-while read -r name kind; do
-    case "$name" in '' | '#'*) continue ;; esac
+while read -r _ _ name kind; do
     if [ "$kind" = histogram ]; then
         expected+=("${name}_bucket" "${name}_sum" "${name}_count")
     else
         expected+=("$name")
     fi
-done <tests/deploy/metric-names.txt
-expected+=(process_cpu_seconds_total process_resident_memory_bytes process_open_fds process_start_time_seconds)
+done < <(grep '^# TYPE ' tests/fixtures/metrics.txt)
+[ "${#expected[@]}" -gt 0 ] || bad "no TYPE lines in tests/fixtures/metrics.txt"
 names_present() {
     curl -sf "$PROM/api/v1/label/__name__/values" | jq -r '.data[]' >"$work/names.txt" || return 1
     local n

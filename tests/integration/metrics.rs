@@ -273,3 +273,104 @@ fn promtool_finds_nothing_in_a_real_scrape() {
         "promtool check metrics:\n{report}"
     );
 }
+
+/// The golden exposition: every metric family with its HELP and TYPE lines,
+/// and every series with its labels, after a scripted scenario.
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/metrics.txt");
+
+/// What stands for a sample's value in the golden file.
+const VALUE: &str = "<value>";
+
+/// A scrape with every sample value replaced by a placeholder: names,
+/// labels, HELP and TYPE lines stay, so the golden file does not depend on
+/// timing (durations, timestamps, process_* readings).
+fn normalise(scrape: &str) -> String {
+    let mut out = String::new();
+    for line in scrape.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            out.push_str(line);
+        } else {
+            // The value is the last field: labels may hold spaces, values do not.
+            let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
+            out.push_str(series);
+            out.push(' ');
+            out.push_str(VALUE);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Lines only in `expected` (`-`) and only in `actual` (`+`), in order.
+fn line_diff(expected: &str, actual: &str) -> String {
+    let expected_lines: Vec<&str> = expected.lines().collect();
+    let actual_lines: Vec<&str> = actual.lines().collect();
+    let mut diff = String::new();
+    for line in &expected_lines {
+        if !actual_lines.contains(line) {
+            diff.push_str(&format!("-{line}\n"));
+        }
+    }
+    for line in &actual_lines {
+        if !expected_lines.contains(line) {
+            diff.push_str(&format!("+{line}\n"));
+        }
+    }
+    if diff.is_empty() {
+        diff.push_str("(same lines, different order)\n");
+    }
+    diff
+}
+
+// See: issue 9 item 3. The exposition after a failure, a success, a failed
+// hook and a token expiry is diffed against tests/fixtures/metrics.txt:
+// a renamed, retyped, relabelled, added or removed metric fails here.
+// `UPDATE_GOLDEN=1 cargo test --release --test integration golden` rewrites
+// the file (node_exporter's end-to-end test with `-u`); review its diff.
+// tests/deploy/lint.py and tests/deploy/prometheus-e2e.sh take the metric
+// names from the same file.
+#[test]
+fn the_exposition_matches_the_golden_file() {
+    let mut h = Harness::new();
+    let job = h.script(
+        "job.sh",
+        "case $JOBLOOP_ITERATION in\n\
+           1) echo failing; exit 1 ;;\n\
+           2) echo fine ;;\n\
+           *) echo 'invalid_api_key' ;;\n\
+         esac",
+    );
+    h.env("AGENT_PREFLIGHT_CMD", "true")
+        .env("AGENT_ROTATE_CMD", "exit 1")
+        .env("AGENT_CLEANUP_CMD", "true");
+    h.start(&[], &[job.to_str().unwrap()]);
+    let state = h.wait_status("token-expired", WAIT);
+    assert_eq!(state["iteration"], 3, "{state}");
+    let actual = normalise(&scrape(&h));
+    assert_eq!(h.stop().code(), Some(0));
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(std::path::Path::new(GOLDEN).parent().unwrap()).unwrap();
+        std::fs::write(GOLDEN, &actual).unwrap();
+        println!("rewrote {GOLDEN}");
+        return;
+    }
+    let expected = std::fs::read_to_string(GOLDEN)
+        .unwrap_or_else(|e| panic!("read {GOLDEN}: {e}; create it with UPDATE_GOLDEN=1"));
+    assert!(
+        expected == actual,
+        "/metrics differs from {GOLDEN} (rerun with UPDATE_GOLDEN=1 if the change is \
+         intended):\n{}",
+        line_diff(&expected, &actual)
+    );
+}
+
+#[test]
+fn normalise_keeps_names_labels_and_comments_and_hides_values() {
+    let scrape = "# HELP a_total A thing.\n# TYPE a_total counter\n\
+                  a_total{x=\"a b\"} 3\nb 1.5e-7\n";
+    assert_eq!(
+        normalise(scrape),
+        "# HELP a_total A thing.\n# TYPE a_total counter\n\
+         a_total{x=\"a b\"} <value>\nb <value>\n"
+    );
+}
