@@ -2,7 +2,8 @@
 //! `jobloop` with small shell jobs, millisecond settings and a free port on
 //! 127.0.0.1. Every wait polls with a deadline.
 
-/// Harness: temp dir, daemon start/stop, polling, HTTP client.
+/// Harness: temp dir, daemon start/stop, one polling loop with diagnostics,
+/// HTTP client, OTLP receivers, fault-injection support.
 mod util;
 
 /// Settings: each bad value's one-line exit-78 error, flag beats variable, `check`.
@@ -30,23 +31,6 @@ mod systemd;
 /// Traces: a real OTLP receiver (gRPC and HTTP) gets one span per iteration.
 mod traces;
 
-/// Faults: daemonising, stdout-closing, flooding, crashing jobs; held pipes.
-mod faults_child;
-/// Faults: SIGKILL at random moments, restart, repeat; nothing lost or left behind.
-mod faults_crash;
-/// Faults: a full log disk, a read-only state dir, bad and linked directories.
-mod faults_disk;
-/// Faults: secrets everywhere a daemon speaks, file modes, planted symlinks.
-mod faults_files;
-/// Faults: HTTP floods, slowloris, oversized heads, wrk against the loop's pace.
-mod faults_http;
-/// Faults: an OTLP collector that is down, black-holing or slow.
-mod faults_otlp;
-/// Faults: jobloop as PID 1 in a PID namespace: orphans reaped, SIGTERM honoured.
-mod faults_pid1;
-/// Faults: absurd but valid settings (factor 1000, no failure limit, 1 ms idle).
-mod faults_settings;
-/// Faults: the daemon's own stderr broken or full.
-mod faults_stderr;
-/// Fault tests' helpers: CI-aware skips, tmpfs mounts, /proc sampling.
-mod faults_support;
+/// Faults injected on purpose (issue 6): misbehaving jobs, crashes, full
+/// disks, HTTP and OTLP abuse, PID 1, absurd settings, a broken stderr.
+mod faults;

@@ -71,7 +71,7 @@ fn the_job_runs_in_its_own_process_group_and_state_shows_its_pid() {
         &format!("echo $$ > '{}'\nexec sleep 30", pid_file.display()),
     );
     h.start(&[], &[job.to_str().unwrap()]);
-    let job_pid = util::read_pid_file(&pid_file, SECS_10);
+    let job_pid = h.read_pid_file(&pid_file, SECS_10);
     let state = h.wait_status("running", SECS_10);
     assert_eq!(state["jobPid"], job_pid, "{state}");
     assert!(state["currentBatchStartedAt"]
@@ -111,8 +111,8 @@ fn job_timeout_stops_the_job_its_grandchild_and_an_escaped_descendant() {
         .env("AGENT_BACKOFF_START", "30s")
         .env("AGENT_BACKOFF_MAX", "30s");
     h.start(&[], &[job.to_str().unwrap()]);
-    let grandchild = util::read_pid_file(&grandchild, SECS_10);
-    let escaped = util::read_pid_file(&escaped, SECS_10);
+    let grandchild = h.read_pid_file(&grandchild, SECS_10);
+    let escaped = h.read_pid_file(&escaped, SECS_10);
     assert!(util::pid_alive(grandchild), "the grandchild started");
     assert_eq!(
         util::pgid_of(escaped),
@@ -154,7 +154,7 @@ fn a_job_that_ignores_sigterm_is_killed_after_the_kill_grace() {
         .env("AGENT_BACKOFF_START", "30s")
         .env("AGENT_BACKOFF_MAX", "30s");
     h.start(&[], &[job.to_str().unwrap()]);
-    let job_pid = util::read_pid_file(&pid_file, SECS_10);
+    let job_pid = h.read_pid_file(&pid_file, SECS_10);
     let state = h.wait_status("backoff", SECS_10);
     assert_eq!(state["lastOutcome"], "timeout", "{state}");
     assert_eq!(state["lastBatchExit"], 137, "SIGKILL: 128+9; {state}");
@@ -188,7 +188,7 @@ fn auth_kill_stops_the_job_right_after_the_matching_line() {
         .env("AGENT_KILL_GRACE", "2s");
     let job = auth_job(&h, "1.5");
     h.start(&[], &[job.to_str().unwrap()]);
-    let job_pid = util::read_pid_file(&h.path("job.pid"), SECS_10);
+    let job_pid = h.read_pid_file(&h.path("job.pid"), SECS_10);
     let state = h.wait_status("token-expired", SECS_10);
     assert_eq!(state["reason"], "pattern", "{state}");
     let matched_at: i64 = util::read(&h.path("matched_at")).trim().parse().unwrap();
@@ -343,7 +343,7 @@ fn auth_kill_uses_sigkill_after_the_kill_grace_when_the_job_ignores_sigterm() {
     h.env("AGENT_AUTH_KILL", "true")
         .env("AGENT_KILL_GRACE", "300ms");
     h.start(&[], &[job.to_str().unwrap()]);
-    let job_pid = util::read_pid_file(&pid_file, SECS_10);
+    let job_pid = h.read_pid_file(&pid_file, SECS_10);
     let state = h.wait_status("token-expired", SECS_10);
     assert_eq!(state["reason"], "pattern", "{state}");
     assert_eq!(state["lastBatchExit"], 137, "{state}");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::traces::grpc_receiver;
+use crate::util::otlp::grpc_receiver;
 use crate::util::{read, Harness};
 
 const SECRET: &str = "sk-live-9f8e7d6c5b4a39281706";

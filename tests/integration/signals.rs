@@ -33,7 +33,7 @@ fn sigterm_during_a_job_passes_sigterm_to_it_and_stops_cleanly() {
         ),
     );
     h.start(&[], &[&job]);
-    let job_pid = util::read_pid_file(&h.path("job.pid"), SECS_10);
+    let job_pid = h.read_pid_file(&h.path("job.pid"), SECS_10);
     h.wait_status("running", SECS_10);
     h.signal(Signal::SIGTERM);
     let state = h.wait_status("stopping", SECS_10);
@@ -57,7 +57,7 @@ fn sigint_stops_like_sigterm() {
     let mut h = Harness::new();
     let job = looping_job(&h, "");
     h.start(&[], &[&job]);
-    let job_pid = util::read_pid_file(&h.path("job.pid"), SECS_10);
+    let job_pid = h.read_pid_file(&h.path("job.pid"), SECS_10);
     h.wait_status("running", SECS_10);
     h.signal(Signal::SIGINT);
     assert_eq!(h.wait_exit(SECS_10).code(), Some(0), "{}", h.stderr());
@@ -72,7 +72,7 @@ fn a_job_that_ignores_sigterm_is_killed_after_the_shutdown_grace() {
     h.env("AGENT_SHUTDOWN_GRACE", "400ms");
     let job = looping_job(&h, "trap '' TERM");
     h.start(&[], &[&job]);
-    let job_pid = util::read_pid_file(&h.path("job.pid"), SECS_10);
+    let job_pid = h.read_pid_file(&h.path("job.pid"), SECS_10);
     h.wait_status("running", SECS_10);
     let sent = Instant::now();
     h.signal(Signal::SIGTERM);
@@ -95,7 +95,7 @@ fn a_second_sigterm_kills_the_job_at_once() {
     h.env("AGENT_SHUTDOWN_GRACE", "60s");
     let job = looping_job(&h, "trap '' TERM");
     h.start(&[], &[&job]);
-    let job_pid = util::read_pid_file(&h.path("job.pid"), SECS_10);
+    let job_pid = h.read_pid_file(&h.path("job.pid"), SECS_10);
     h.wait_status("running", SECS_10);
     h.signal(Signal::SIGTERM);
     h.wait_status("stopping", SECS_10);
@@ -158,7 +158,7 @@ fn shutdown_stops_a_daemonised_grandchild_left_by_a_finished_job() {
         ),
     );
     h.start(&[], &[job.to_str().unwrap()]);
-    let escaped = util::read_pid_file(&escaped, SECS_10);
+    let escaped = h.read_pid_file(&escaped, SECS_10);
     h.wait_status("idle", SECS_10);
     assert!(util::pid_alive(escaped), "the daemonised grandchild runs");
     assert_eq!(
@@ -246,7 +246,7 @@ fn sigterm_during_a_long_preflight_stops_cleanly() {
     )
     .env("AGENT_SHUTDOWN_GRACE", "5s");
     h.start(&[], &["true"]);
-    let preflight = util::read_pid_file(&marker, SECS_10);
+    let preflight = h.read_pid_file(&marker, SECS_10);
     let sent = Instant::now();
     assert_eq!(h.stop().code(), Some(0), "{}", h.stderr());
     assert!(

@@ -165,7 +165,7 @@ fn state_json_has_every_key_while_a_job_runs_and_after_it() {
         &format!("echo $$ > '{}'\nexec sleep 30", pid_file.display()),
     );
     h.start(&[], &[job.to_str().unwrap()]);
-    let job_pid = util::read_pid_file(&pid_file, SECS_10);
+    let job_pid = h.read_pid_file(&pid_file, SECS_10);
     let state = h.wait_status("running", SECS_10);
     check_shape(&state).unwrap_or_else(|p| panic!("{p}\n{state}"));
     assert_eq!(state["pid"], h.pid(), "{state}");
@@ -278,7 +278,7 @@ fn a_job_left_running_by_a_killed_jobloop_is_stopped_by_the_next_one() {
         &format!("echo $$ > '{}'\nexec sleep 60", pid_file.display()),
     );
     h.start(&[], &[job.to_str().unwrap()]);
-    let orphan = util::read_pid_file(&pid_file, SECS_10);
+    let orphan = h.read_pid_file(&pid_file, SECS_10);
     h.wait_status("running", SECS_10);
     h.kill();
     assert!(

@@ -3,189 +3,10 @@
 //! `jobloop.iteration` span per run with every SPEC §8 attribute, and the
 //! same trace id as the run-log header and the job's TRACEPARENT.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use prost::Message;
-
+use crate::util::otlp::{grpc_receiver, http_receiver, BlackHole, Receiver};
 use crate::util::{read, Harness};
-
-/// Everything a receiver got.
-#[derive(Clone, Default)]
-pub(crate) struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
-
-/// One received span, flattened.
-#[derive(Debug, Clone)]
-pub(crate) struct ReceivedSpan {
-    pub(crate) name: String,
-    trace_id: String,
-    span_id: String,
-    parent_span_id: String,
-    status_code: i32,
-    pub(crate) attributes: HashMap<String, String>,
-    pub(crate) events: Vec<String>,
-    resource: HashMap<String, String>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn text(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
-    match value.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(Value::StringValue(s)) => s.clone(),
-        Some(Value::IntValue(i)) => i.to_string(),
-        Some(Value::DoubleValue(d)) => d.to_string(),
-        Some(Value::BoolValue(b)) => b.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-impl Received {
-    pub(crate) fn spans(&self) -> Vec<ReceivedSpan> {
-        let requests = self.0.lock().unwrap();
-        let mut spans = Vec::new();
-        for request in requests.iter() {
-            for resource_spans in &request.resource_spans {
-                let resource: HashMap<String, String> = resource_spans
-                    .resource
-                    .iter()
-                    .flat_map(|r| r.attributes.iter())
-                    .map(|kv| (kv.key.clone(), text(&kv.value)))
-                    .collect();
-                for scope in &resource_spans.scope_spans {
-                    for span in &scope.spans {
-                        spans.push(ReceivedSpan {
-                            name: span.name.clone(),
-                            trace_id: hex(&span.trace_id),
-                            span_id: hex(&span.span_id),
-                            parent_span_id: hex(&span.parent_span_id),
-                            status_code: span.status.as_ref().map_or(0, |s| s.code),
-                            attributes: span
-                                .attributes
-                                .iter()
-                                .map(|kv| (kv.key.clone(), text(&kv.value)))
-                                .collect(),
-                            events: span.events.iter().map(|e| e.name.clone()).collect(),
-                            resource: resource.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        spans
-    }
-
-    fn iterations(&self) -> Vec<ReceivedSpan> {
-        let mut spans: Vec<_> = self
-            .spans()
-            .into_iter()
-            .filter(|s| s.name == "jobloop.iteration")
-            .collect();
-        spans.sort_by_key(|s| {
-            s.attributes
-                .get("jobloop.iteration")
-                .and_then(|i| i.parse::<u64>().ok())
-        });
-        spans
-    }
-}
-
-struct GrpcSink(Received);
-
-#[tonic::async_trait]
-impl TraceService for GrpcSink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0 .0.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-/// A runtime serving one receiver; dropped at the end of the test.
-pub(crate) struct Receiver {
-    pub(crate) received: Received,
-    pub(crate) endpoint: String,
-    _runtime: tokio::runtime::Runtime,
-}
-
-pub(crate) fn grpc_receiver() -> Receiver {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let received = Received::default();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let address = listener.local_addr().unwrap();
-    let sink = GrpcSink(received.clone());
-    runtime.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(sink))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .unwrap();
-    });
-    Receiver {
-        received,
-        endpoint: format!("http://{address}"),
-        _runtime: runtime,
-    }
-}
-
-fn http_receiver() -> Receiver {
-    use axum::routing::post;
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let received = Received::default();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let address = listener.local_addr().unwrap();
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        post(move |body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                match ExportTraceServiceRequest::decode(body) {
-                    Ok(request) => {
-                        sink.0.lock().unwrap().push(request);
-                        let response = ExportTraceServiceResponse {
-                            partial_success: None,
-                        }
-                        .encode_to_vec();
-                        (
-                            axum::http::StatusCode::OK,
-                            [("content-type", "application/x-protobuf")],
-                            response,
-                        )
-                    }
-                    Err(_) => (
-                        axum::http::StatusCode::BAD_REQUEST,
-                        [("content-type", "text/plain")],
-                        Vec::new(),
-                    ),
-                }
-            }
-        }),
-    );
-    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Receiver {
-        received,
-        endpoint: format!("http://{address}"),
-        _runtime: runtime,
-    }
-}
 
 /// A job that fails on its first run and succeeds afterwards, printing the
 /// TRACEPARENT it was given.
@@ -362,32 +183,13 @@ fn span_events_for_auth_match_timeout_and_kill() {
     assert_eq!(spans[1].status_code, 2);
 }
 
-/// Accepts TCP connections and never answers.
-fn black_hole() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let thread = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        listener.set_nonblocking(true).unwrap();
-        let until = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < until {
-            match listener.accept() {
-                Ok((stream, _)) => held.push(stream),
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    (address, thread)
-}
-
 fn time_fifty_iterations(endpoint: Option<String>, protocol: &str) -> (Duration, Duration) {
     let mut h = Harness::new();
     let job = h.script("job.sh", "exit 0");
     h.env("AGENT_IDLE_SLEEP", "0")
         .env("AGENT_SHUTDOWN_GRACE", "3s");
     if let Some(endpoint) = endpoint {
-        h.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        h.otlp(&endpoint, protocol)
             .env("OTEL_BSP_SCHEDULE_DELAY", "10")
             .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1");
     }
@@ -407,9 +209,9 @@ fn time_fifty_iterations(endpoint: Option<String>, protocol: &str) -> (Duration,
 #[test]
 fn a_black_holing_collector_does_not_slow_the_loop_or_the_shutdown() {
     let (without, _) = time_fifty_iterations(None, "grpc");
-    let (address, _hole) = black_hole();
+    let hole = BlackHole::new();
     for protocol in ["grpc", "http/protobuf"] {
-        let (with, shutdown) = time_fifty_iterations(Some(format!("http://{address}")), protocol);
+        let (with, shutdown) = time_fifty_iterations(Some(hole.endpoint()), protocol);
         assert!(
             with < without * 3 + Duration::from_secs(2),
             "{protocol}: 50 iterations took {with:?} with a black hole, {without:?} without"

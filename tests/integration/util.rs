@@ -1,9 +1,19 @@
 //! The test harness: a temp directory per test, the built `jobloop` binary
 //! started with millisecond settings on a free loopback port, small shell
-//! jobs written by the test, and polling with a deadline. On a timeout the
-//! failure shows the daemon's stderr and state.json.
+//! jobs written by the test, and polling with a deadline.
+//!
+//! Every wait goes through [`poll`], the one polling loop. The waits on a
+//! daemon ([`Harness::wait_until`] and its named wrappers `wait_status`,
+//! `wait_iteration`, `wait_http`, `wait_metric`, `wait_exit`) fail with what
+//! was waited for, the daemon's state.json and its stderr (ripgrep's and
+//! Horust's test helpers do the same), so a timeout in CI explains itself.
+//! Submodules: [`otlp`] (trace collectors) and [`faults`] (fault-injection
+//! support).
 
 #![allow(dead_code)]
+
+pub mod faults;
+pub mod otlp;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -156,27 +166,41 @@ impl Harness {
         logs
     }
 
-    /// Polls `condition` every 20 ms until it holds or `timeout` passes;
-    /// then fails with the daemon's stderr and state.
+    /// Polls `condition` until it holds; after `timeout`, kills the daemon
+    /// and fails with `what`, state.json and stderr.
     pub fn wait_until(
         &mut self,
         what: &str,
         timeout: Duration,
         mut condition: impl FnMut(&Harness) -> bool,
     ) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if condition(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !poll(timeout, || condition(self)) {
+            self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
         }
+    }
+
+    /// Kills the daemon and fails with `message` and what it left: its exit
+    /// status, state.json and stderr.
+    pub fn fail(&mut self, message: &str) -> ! {
+        let status = match self.child.as_mut().map(|c| c.try_wait()) {
+            None => "never started".to_string(),
+            Some(Ok(None)) => "still running (killed now)".to_string(),
+            Some(Ok(Some(status))) => format!("exited: {status}"),
+            Some(Err(e)) => format!("unknown: {e}"),
+        };
         self.kill();
-        panic!(
-            "timed out after {timeout:?} waiting for {what}\n--- state.json ---\n{}\n--- stderr ---\n{}",
-            self.state().map(|s| s.to_string()).unwrap_or_else(|| "(none)".into()),
+        panic!("{message}\n{}", self.diagnostics(&status));
+    }
+
+    /// The daemon's status, state.json and stderr, for a failure message.
+    fn diagnostics(&self, status: &str) -> String {
+        format!(
+            "--- daemon ---\n{status}\n--- state.json ---\n{}\n--- stderr ---\n{}",
+            self.state()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "(none)".into()),
             self.stderr()
-        );
+        )
     }
 
     /// Waits until state.json's status is `status`.
@@ -216,17 +240,15 @@ impl Harness {
 
     /// Waits for the daemon to exit (after a signal), at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
+        let mut exited = None;
         let child = self.child.as_mut().expect("started");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("jobloop did not exit within {timeout:?}\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        poll(timeout, || {
+            exited = child.try_wait().expect("wait for jobloop");
+            exited.is_some()
+        });
+        match exited {
+            Some(status) => status,
+            None => self.fail(&format!("jobloop did not exit within {timeout:?}")),
         }
     }
 
@@ -278,6 +300,68 @@ pub fn http(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     Ok((status, body.to_string()))
+}
+
+impl Harness {
+    /// Sets each `(key, value)` of `env`.
+    pub fn envs(&mut self, env: &[(&str, &str)]) -> &mut Harness {
+        for (key, value) in env {
+            self.env(key, value);
+        }
+        self
+    }
+
+    /// Waits until the HTTP server answers and `n` iterations finished:
+    /// the daemon is ready for a test to look at.
+    pub fn ready(mut self, n: u64) -> Harness {
+        self.wait_http();
+        self.wait_iteration(n, Duration::from_secs(20));
+        self
+    }
+
+    /// Scrapes `/metrics` and returns the value of `series` (0 when absent
+    /// or when the server does not answer).
+    pub fn scrape(&self, series: &str) -> f64 {
+        http(self.port, "GET", "/metrics", &[])
+            .ok()
+            .and_then(|(_, body)| metric(&body, series))
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until `series` on `/metrics` is at least `value`.
+    pub fn wait_metric(&mut self, series: &str, value: f64, timeout: Duration) {
+        self.wait_until(&format!("{series} >= {value}"), timeout, |h| {
+            h.scrape(series) >= value
+        });
+    }
+}
+
+/// The daemon builder of the tests: a fresh [`Harness`] with `env` on top
+/// of its fast defaults, started on a `true` loop. Chain
+/// [`Harness::ready`] to wait for HTTP and the first iterations.
+pub fn daemon(env: &[(&str, &str)]) -> Harness {
+    let mut h = Harness::new();
+    h.envs(env);
+    h.start(&[], &["true"]);
+    h
+}
+
+/// The one polling loop of the tests: calls `condition` every 10 ms until it
+/// returns true (then `true`) or `timeout` passes (then `false`). Callers
+/// fail with their own diagnostics: [`Harness::wait_until`] for a daemon,
+/// [`wait_for`] otherwise; a caller that collects what it saw (processes
+/// left behind, messages) may use the result directly.
+pub fn poll(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The value of a metric line `name{labels} value` in a scrape, if present.
@@ -362,77 +446,27 @@ pub fn run_log_body(path: &Path) -> Vec<u8> {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719468;
-    let era = if z >= 0 { z } else { z - 146096 } / 146097;
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// Milliseconds since the epoch of a UTC RFC 3339 time
 /// (`2026-01-02T03:04:05Z` or with a fraction); `None` for any other form,
-/// offsets other than `Z` included.
+/// offsets other than `Z` included (humantime's strict parser).
 pub fn rfc3339_ms(text: &str) -> Option<i64> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut date_parts = date.split('-');
-    let year: i64 = date_parts.next()?.parse().ok()?;
-    let month: i64 = date_parts.next()?.parse().ok()?;
-    let day: i64 = date_parts.next()?.parse().ok()?;
-    let (clock, fraction) = match time.split_once('.') {
-        Some((clock, fraction)) => (clock, fraction),
-        None => (time, ""),
-    };
-    let mut clock_parts = clock.split(':');
-    let hour: i64 = clock_parts.next()?.parse().ok()?;
-    let minute: i64 = clock_parts.next()?.parse().ok()?;
-    let second: i64 = clock_parts.next()?.parse().ok()?;
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
-    let days = days_from_civil(year, month, day);
-    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
+    let time = humantime::parse_rfc3339(text).ok()?;
+    let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
-/// The run-log name stamp (`YYYYMMDDTHHMMSSZ`) of a time.
+/// The run-log name stamp (`YYYYMMDDTHHMMSSZ`) of a time: its RFC 3339 form
+/// in whole seconds without the separators.
 pub fn utc_stamp(time: std::time::SystemTime) -> String {
-    let seconds = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    stamp_of_ms(seconds * 1000)
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace(['-', ':'], "")
 }
 
 /// The run-log name stamp (`YYYYMMDDTHHMMSSZ`) of milliseconds since the epoch.
 pub fn stamp_of_ms(ms: i64) -> String {
-    let seconds = ms.div_euclid(1000);
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-    let in_day = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        in_day / 3600,
-        in_day / 60 % 60,
-        in_day % 60
-    )
+    let ms = u64::try_from(ms).expect("a time after 1970");
+    utc_stamp(std::time::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// Whether a process exists and is not a zombie.
@@ -453,17 +487,11 @@ pub fn pgid_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// Polls `condition` every 10 ms until it holds; panics after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+/// Waits for `condition` when no daemon is involved (a daemon's test
+/// uses [`Harness::wait_until`], whose failure shows the daemon's state).
+pub fn wait_for(what: &str, timeout: Duration, condition: impl FnMut() -> bool) {
+    if !poll(timeout, condition) {
+        panic!("timed out after {timeout:?} waiting for {what} (no daemon under test)");
     }
 }
 
@@ -478,6 +506,16 @@ pub fn read_pid_file(path: &Path, timeout: Duration) -> i32 {
 }
 
 impl Harness {
+    /// Waits for a file holding a pid (written by a job) and returns the pid.
+    pub fn read_pid_file(&mut self, path: &Path, timeout: Duration) -> i32 {
+        let mut pid = 0;
+        self.wait_until(&format!("a pid in {}", path.display()), timeout, |_| {
+            pid = read(path).trim().parse().unwrap_or(0);
+            pid > 0
+        });
+        pid
+    }
+
     /// Whether the marker file `name` (UNHEALTHY, TOKEN_EXPIRED) exists.
     pub fn marker(&self, name: &str) -> bool {
         self.path("state").join(name).exists()
@@ -501,17 +539,8 @@ impl Harness {
         window: Duration,
         mut condition: impl FnMut(&Harness) -> bool,
     ) {
-        let deadline = Instant::now() + window;
-        while Instant::now() < deadline {
-            if !condition(self) {
-                let state = self.state().map(|s| s.to_string()).unwrap_or_default();
-                let stderr = self.stderr();
-                self.kill();
-                panic!(
-                    "{what} stopped holding\n--- state.json ---\n{state}\n--- stderr ---\n{stderr}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if poll(window, || !condition(self)) {
+            self.fail(&format!("{what} stopped holding"));
         }
     }
 

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::faults_support::{full, peak_rss_kib, rss_kib, scrape};
-use crate::util::{self, pid_alive, read_pid_file, Harness};
+use crate::util::faults::{full, peak_rss_kib, rss_kib};
+use crate::util::{self, pid_alive, Harness};
 
 const SECS_20: Duration = Duration::from_secs(20);
 
@@ -30,7 +30,7 @@ fn pids_in(dir: &std::path::Path, prefix: &str) -> Vec<i32> {
 /// A shell snippet that double-forks a daemon (setsid, out of the job's
 /// process group, re-parented to jobloop) writing its pid to `pid_file`;
 /// with `stubborn` it ignores SIGTERM.
-fn daemon(pid_file: &str, stubborn: bool) -> String {
+fn double_fork(pid_file: &str, stubborn: bool) -> String {
     let trap = if stubborn { "trap \"\" TERM; " } else { "" };
     format!(
         "( setsid sh -c '{trap}echo $$ > \"{pid_file}\"; exec sleep 3600' \
@@ -47,16 +47,16 @@ fn a_timed_out_job_takes_its_double_forked_daemons_with_it() {
         "job.sh",
         &format!(
             "{}{}exec sleep 3600",
-            daemon(&format!("{dir}/meek.$JOBLOOP_ITERATION"), false),
-            daemon(&format!("{dir}/stubborn.$JOBLOOP_ITERATION"), true)
+            double_fork(&format!("{dir}/meek.$JOBLOOP_ITERATION"), false),
+            double_fork(&format!("{dir}/stubborn.$JOBLOOP_ITERATION"), true)
         ),
     );
     h.env("AGENT_JOB_TIMEOUT", "500ms")
         .env("AGENT_KILL_GRACE", "300ms")
         .env("AGENT_MAX_FAILURES", "1");
     h.start(&[], &[job.to_str().unwrap()]);
-    let meek = read_pid_file(&h.path("meek.1"), SECS_20);
-    let stubborn = read_pid_file(&h.path("stubborn.1"), SECS_20);
+    let meek = h.read_pid_file(&h.path("meek.1"), SECS_20);
+    let stubborn = h.read_pid_file(&h.path("stubborn.1"), SECS_20);
     assert!(
         pid_alive(meek) && pid_alive(stubborn),
         "the daemons started"
@@ -80,15 +80,15 @@ fn daemons_double_forked_by_finished_jobs_die_at_shutdown_even_if_they_ignore_si
         "job.sh",
         &format!(
             "{}{}exit 0",
-            daemon(&format!("{dir}/meek.$JOBLOOP_ITERATION"), false),
-            daemon(&format!("{dir}/stubborn.$JOBLOOP_ITERATION"), true)
+            double_fork(&format!("{dir}/meek.$JOBLOOP_ITERATION"), false),
+            double_fork(&format!("{dir}/stubborn.$JOBLOOP_ITERATION"), true)
         ),
     );
     h.env("AGENT_IDLE_SLEEP", "20ms")
         .env("AGENT_SHUTDOWN_GRACE", "1s");
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_iteration(4, SECS_20);
-    read_pid_file(&h.path("stubborn.3"), SECS_20);
+    h.read_pid_file(&h.path("stubborn.3"), SECS_20);
     let stubborn = pids_in(h.dir.path(), "stubborn.");
     let daemons: Vec<i32> = pids_in(h.dir.path(), "meek.")
         .into_iter()
@@ -208,11 +208,11 @@ fn a_flood_of_output_keeps_jobloop_memory_bounded() {
     let state = h.state().unwrap();
     assert_eq!(state["lastOutcome"], "success", "{state}");
     assert_eq!(
-        scrape(&h, "jobloop_run_log_bytes_total"),
+        h.scrape("jobloop_run_log_bytes_total"),
         total as f64,
         "every byte was read"
     );
-    assert_eq!(scrape(&h, "jobloop_run_log_truncated_total"), 1.0);
+    assert_eq!(h.scrape("jobloop_run_log_truncated_total"), 1.0);
     let log = &h.run_logs()[0];
     let body = util::run_log_body(log);
     let tail = format!(
@@ -288,9 +288,9 @@ fn a_job_killed_by_sigsegv_exits_139_and_is_a_failure() {
     assert_eq!(state["lastOutcome"], "failure", "{state}");
     assert_eq!(state["reason"], "max-failures", "{state}");
     h.wait_http();
-    assert_eq!(scrape(&h, "jobloop_last_exit_code"), 139.0);
+    assert_eq!(h.scrape("jobloop_last_exit_code"), 139.0);
     assert_eq!(
-        scrape(&h, "jobloop_iterations_total{outcome=\"failure\"}"),
+        h.scrape("jobloop_iterations_total{outcome=\"failure\"}"),
         1.0
     );
     assert_eq!(h.iteration_field(1, "exit_code").as_deref(), Some("139"));
@@ -369,7 +369,7 @@ fn at_shutdown_an_escaped_daemon_gets_the_grace_to_clean_up() {
     );
     h.env("AGENT_SHUTDOWN_GRACE", "10s");
     h.start(&[], &[job.to_str().unwrap()]);
-    let daemon_pid = read_pid_file(&h.path("daemon.pid"), SECS_20);
+    let daemon_pid = h.read_pid_file(&h.path("daemon.pid"), SECS_20);
     h.wait_status("running", SECS_20);
     let stopping = Instant::now();
     assert_eq!(h.stop().code(), Some(0));
@@ -411,7 +411,7 @@ fn descriptors_and_threads_do_not_leak_over_mixed_runs() {
         .env("AGENT_KILL_GRACE", "50ms");
     h.start(&[], &[job.to_str().unwrap()]);
     let pid = h.pid();
-    let (early_at, late_at) = if crate::faults_support::full() {
+    let (early_at, late_at) = if crate::util::faults::full() {
         (40, 2000)
     } else {
         (40, 240)
@@ -420,12 +420,12 @@ fn descriptors_and_threads_do_not_leak_over_mixed_runs() {
     h.wait_http();
     let _ = h.get("/metrics");
     let fds_early = fd_count(pid);
-    let threads_early = crate::faults_support::status_kib(pid, "Threads").unwrap_or(0);
+    let threads_early = crate::util::faults::status_kib(pid, "Threads").unwrap_or(0);
     h.wait_iteration(late_at, Duration::from_secs(300));
     let _ = h.get("/metrics");
     let fds_late = fd_count(pid);
-    let threads_late = crate::faults_support::status_kib(pid, "Threads").unwrap_or(0);
-    let timeouts = scrape(&h, "jobloop_iterations_total{outcome=\"timeout\"}");
+    let threads_late = crate::util::faults::status_kib(pid, "Threads").unwrap_or(0);
+    let timeouts = h.scrape("jobloop_iterations_total{outcome=\"timeout\"}");
     println!(
         "faults_child: {late_at} mixed runs ({timeouts} timeouts): fds {fds_early} -> \
          {fds_late}, threads {threads_early} -> {threads_late}"

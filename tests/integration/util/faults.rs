@@ -1,6 +1,6 @@
-//! Helpers of the fault tests (`faults_*.rs`): CI-aware skipping, tmpfs
+//! Support of the fault tests (`faults/*.rs`): CI-aware skipping, tmpfs
 //! mounts, /proc sampling (memory, zombies, processes left behind), a small
-//! seeded random source, and a wait on the daemon's metrics.
+//! seeded random source, the loop's pace.
 //!
 //! A fault that cannot be injected on this machine (no root, no `mount`)
 //! prints `SKIPPED: why` and the test returns, except under CI (`CI` set),
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{metric, Harness};
+use crate::util::Harness;
 
 /// True under CI, where nothing may be skipped.
 pub fn in_ci() -> bool {
@@ -205,22 +205,6 @@ impl Rng {
         let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
         low + x % (high - low + 1)
     }
-}
-
-/// Scrapes `/metrics` and returns the value of `series` (0 when absent or
-/// when the server does not answer).
-pub fn scrape(h: &Harness, series: &str) -> f64 {
-    crate::util::http(h.port, "GET", "/metrics", &[])
-        .ok()
-        .and_then(|(_, body)| metric(&body, series))
-        .unwrap_or(0.0)
-}
-
-/// Waits until `series` on `/metrics` is at least `value`.
-pub fn wait_metric(h: &mut Harness, series: &str, value: f64, timeout: Duration) {
-    h.wait_until(&format!("{series} >= {value}"), timeout, |h| {
-        scrape(h, series) >= value
-    });
 }
 
 /// state.json's `iteration`, 0 when unreadable.

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::faults_support::{full, processes_with_env, scrape, Rng};
+use crate::util::faults::{full, processes_with_env, Rng};
 use crate::util::{self, Harness};
 
 /// What state.json said right after a kill.
@@ -110,7 +110,7 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
                 },
             );
             h.wait_http();
-            let counted = scrape(&h, "jobloop_interrupted_iterations_total");
+            let counted = h.scrape("jobloop_interrupted_iterations_total");
             let stderr = h.stderr();
             if previous.running {
                 assert_eq!(
@@ -127,7 +127,7 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
                         &format!("round {round}: the left-over job group {job_pid} to die"),
                         Duration::from_secs(5),
                         || {
-                            crate::faults_support::processes()
+                            crate::util::faults::processes()
                                 .iter()
                                 .all(|p| p.3 != job_pid as i32 || p.1 == 'Z')
                         },
@@ -183,10 +183,10 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
     }
     // The last daemon runs a little more, then stops cleanly.
     h.wait_until("two more iterations", Duration::from_secs(20), |h| {
-        crate::faults_support::iteration(h) >= 2
+        crate::util::faults::iteration(h) >= 2
     });
     assert_eq!(h.stop().code(), Some(0), "{}", h.stderr());
-    let final_iterations = crate::faults_support::iteration(&h);
+    let final_iterations = crate::util::faults::iteration(&h);
     stop.store(true, Ordering::Relaxed);
     let polled = reader.join().unwrap();
     if let Err(problem) = polled {
@@ -207,7 +207,7 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
         // Which run each one came from, and what state.json said at its kill.
         let mut explained = Vec::new();
         for (pid, command) in &leftovers {
-            let group = crate::faults_support::processes()
+            let group = crate::util::faults::processes()
                 .iter()
                 .find(|p| p.0 == *pid)
                 .map_or(0, |p| p.3);
@@ -352,7 +352,7 @@ fn a_stale_job_pid_now_used_by_an_unrelated_process_group_is_not_killed() {
     h.start(&[], &["true"]);
     h.wait_status("idle", Duration::from_secs(10));
     h.wait_http();
-    assert_eq!(scrape(&h, "jobloop_interrupted_iterations_total"), 1.0);
+    assert_eq!(h.scrape("jobloop_interrupted_iterations_total"), 1.0);
     let alive = util::pid_alive(pgid as i32);
     let _ = stranger.kill();
     let _ = stranger.wait();
@@ -420,7 +420,7 @@ fn kill_restart_and_list_leftovers(
 ) -> Vec<(i32, String)> {
     h.wait_until("the moment to kill", Duration::from_secs(20), |h| ready(h));
     h.kill();
-    let orphans = crate::faults_support::processes_with_var(assignment, &[]);
+    let orphans = crate::util::faults::processes_with_var(assignment, &[]);
     assert!(
         !orphans.is_empty(),
         "premise: a child outlives the SIGKILLed jobloop"
@@ -430,11 +430,11 @@ fn kill_restart_and_list_leftovers(
         .env("AGENT_IDLE_SLEEP", "60s");
     h.start(&[], &["true"]);
     h.wait_status("idle", Duration::from_secs(20));
-    let mut left = crate::faults_support::processes_with_var(assignment, &[h.pid()]);
+    let mut left = crate::util::faults::processes_with_var(assignment, &[h.pid()]);
     let deadline = Instant::now() + Duration::from_secs(3);
     while !left.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        left = crate::faults_support::processes_with_var(assignment, &[h.pid()]);
+        left = crate::util::faults::processes_with_var(assignment, &[h.pid()]);
     }
     for (pid, _) in &left {
         let _ = nix::sys::signal::kill(
@@ -468,7 +468,7 @@ fn a_jobloop_killed_during_preflight_hook_or_shutdown_grace_leaves_nothing_behin
                 h.start(&[], &["true"]);
                 kill_restart_and_list_leftovers(&mut h, &assignment, |h| {
                     h.state().is_some_and(|s| s["status"] == "starting")
-                        && crate::faults_support::processes_with_var(&assignment, &[h.pid()])
+                        && crate::util::faults::processes_with_var(&assignment, &[h.pid()])
                             .iter()
                             .any(|(_, c)| c.contains("sleep"))
                 })
@@ -477,7 +477,7 @@ fn a_jobloop_killed_during_preflight_hook_or_shutdown_grace_leaves_nothing_behin
                 h.env("AGENT_ROTATE_CMD", &stubborn);
                 h.start(&[], &["true"]);
                 kill_restart_and_list_leftovers(&mut h, &assignment, |h| {
-                    crate::faults_support::processes_with_var(&assignment, &[h.pid()])
+                    crate::util::faults::processes_with_var(&assignment, &[h.pid()])
                         .iter()
                         .any(|(_, c)| c.contains("sleep"))
                 })

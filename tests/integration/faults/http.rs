@@ -13,19 +13,15 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::faults_support::{full, iteration, pace, peak_rss_kib, rss_kib, skip};
-use crate::util::{http, Harness};
+use crate::util::faults::{full, iteration, pace, peak_rss_kib, rss_kib, skip};
+use crate::util::{daemon, http, Harness};
 
 const SECS_20: Duration = Duration::from_secs(20);
 
-/// Starts a daemon on a fast `true` loop (idle sleep 20 ms).
-fn daemon() -> Harness {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "20ms");
-    h.start(&[], &["true"]);
-    h.wait_http();
-    h.wait_iteration(2, SECS_20);
-    h
+/// A daemon on a fast `true` loop (idle sleep 20 ms), serving HTTP, two
+/// iterations done.
+fn fast_loop() -> Harness {
+    daemon(&[("AGENT_IDLE_SLEEP", "20ms")]).ready(2)
 }
 
 fn address(h: &Harness) -> SocketAddr {
@@ -106,7 +102,7 @@ fn flood(h: &Harness, n: usize) -> (Vec<Fate>, f64) {
 // See: issue 6 item 6, "1,000 concurrent connections".
 #[test]
 fn a_thousand_concurrent_connections_are_all_answered_and_the_loop_goes_on() {
-    let mut h = daemon();
+    let mut h = fast_loop();
     let before = iteration(&h);
     let rss_before = rss_kib(h.pid());
     let (fates, seconds) = flood(&h, 1000);
@@ -136,7 +132,7 @@ fn a_thousand_concurrent_connections_are_all_answered_and_the_loop_goes_on() {
 // See: README "At most 1024 connections are served at once (more are closed)".
 #[test]
 fn connections_over_the_cap_are_answered_or_closed_never_left_hanging() {
-    let mut h = daemon();
+    let mut h = fast_loop();
     let (fates, seconds) = flood(&h, 1500);
     let answered = fates.iter().filter(|f| **f == Fate::Answered(200)).count();
     let closed = fates.iter().filter(|f| **f == Fate::Closed).count();
@@ -174,7 +170,7 @@ fn closed(stream: &mut TcpStream) -> bool {
 // README "request heads ... must arrive within 5 s".
 #[test]
 fn slowloris_and_idle_connections_are_closed_in_bounded_time_while_others_are_served() {
-    let mut h = daemon();
+    let mut h = fast_loop();
     let slow_count = 200;
     let idle_count = 50;
     let head =
@@ -261,7 +257,7 @@ fn send_head(h: &Harness, head: &[u8]) -> Fate {
 // See: issue 6 item 6, "oversized headers"; README "request heads are limited to 16 KiB".
 #[test]
 fn oversized_request_heads_get_431_or_a_close_and_the_server_goes_on() {
-    let h = daemon();
+    let h = fast_loop();
     let with = |headers: &str| -> Vec<u8> {
         format!("GET /state HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n")
             .into_bytes()
@@ -347,7 +343,7 @@ fn wrk_on_metrics_does_not_slow_the_loop() {
         return skip("wrk is not installed (Debian package wrk)");
     }
     let window = if full() { 20 } else { 5 };
-    let mut h = daemon();
+    let mut h = fast_loop();
     let rss_before = rss_kib(h.pid());
     let unloaded_before = pace(&mut h, Duration::from_secs(window));
     let first = iteration(&h);
@@ -396,7 +392,7 @@ fn wrk_on_metrics_does_not_slow_the_loop() {
 // needs is not buffered: the answer comes at once and memory stays flat.
 #[test]
 fn a_huge_request_body_is_not_buffered() {
-    let mut h = daemon();
+    let mut h = fast_loop();
     let rss_before = rss_kib(h.pid());
     let mut stream = TcpStream::connect(address(&h)).unwrap();
     stream

@@ -14,8 +14,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::faults_support::{mode, umask};
-use crate::traces::grpc_receiver;
+use crate::util::faults::{mode, umask};
+use crate::util::otlp::grpc_receiver;
 use crate::util::{self, jobloop, Harness};
 
 const SECS_20: Duration = Duration::from_secs(20);
@@ -346,7 +346,7 @@ fn symlinks_planted_at_state_json_tmp_state_json_and_a_marker_are_never_followed
     for _ in 0..20 {
         let link = state.join("state.json.tmp");
         let _ = std::os::unix::fs::symlink(&at_tmp, &link);
-        let before = crate::faults_support::iteration(&h);
+        let before = crate::util::faults::iteration(&h);
         h.wait_iteration(before + 1, SECS_20);
         assert_untouched(&at_tmp);
     }
@@ -393,7 +393,7 @@ fn an_interrupted_state_naming_a_file_outside_runs_is_counted_but_the_file_is_un
         h.wait_status("idle", SECS_20);
         h.wait_http();
         assert_eq!(
-            crate::faults_support::scrape(&h, "jobloop_interrupted_iterations_total"),
+            h.scrape("jobloop_interrupted_iterations_total"),
             1.0,
             "round {round}: still counted"
         );

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::faults_support::{iteration, scrape, skip, wait_metric, Tmpfs};
+use crate::util::faults::{iteration, skip, Tmpfs};
 use crate::util::{self, jobloop, Harness};
 
 const SECS_20: Duration = Duration::from_secs(20);
@@ -24,7 +24,7 @@ fn problem_lines(stderr: &str) -> Vec<&str> {
 fn finished(h: &Harness) -> f64 {
     ["success", "failure", "timeout", "token_expired"]
         .iter()
-        .map(|o| scrape(h, &format!("jobloop_iterations_total{{outcome=\"{o}\"}}")))
+        .map(|o| h.scrape(&format!("jobloop_iterations_total{{outcome=\"{o}\"}}")))
         .sum()
 }
 
@@ -56,7 +56,7 @@ fn a_full_log_disk_is_counted_once_per_run_and_the_loop_recovers_when_space_retu
     h.wait_http();
 
     // The disk fills: errors are counted, the loop and HTTP go on.
-    wait_metric(&mut h, "jobloop_run_log_write_errors_total", 3.0, SECS_20);
+    h.wait_metric("jobloop_run_log_write_errors_total", 3.0, SECS_20);
     let at_full = iteration(&h);
     h.wait_iteration(at_full + 10, SECS_20);
     let (code, body) = h.get("/state");
@@ -74,10 +74,10 @@ fn a_full_log_disk_is_counted_once_per_run_and_the_loop_recovers_when_space_retu
         on_disk["iteration"].as_u64().unwrap() >= at_full,
         "{on_disk}"
     );
-    let errors = scrape(&h, "jobloop_run_log_write_errors_total");
+    let errors = h.scrape("jobloop_run_log_write_errors_total");
     let runs = finished(&h);
     assert!(
-        scrape(&h, "jobloop_iterations_total{outcome=\"success\"}") >= runs - 0.5,
+        h.scrape("jobloop_iterations_total{outcome=\"success\"}") >= runs - 0.5,
         "every run still succeeds"
     );
     assert!(
@@ -100,11 +100,11 @@ fn a_full_log_disk_is_counted_once_per_run_and_the_loop_recovers_when_space_retu
     }
     let freed_at = iteration(&h);
     h.wait_iteration(freed_at + 3, SECS_20);
-    let errors_after_free = scrape(&h, "jobloop_run_log_write_errors_total");
+    let errors_after_free = h.scrape("jobloop_run_log_write_errors_total");
     let resumed_at = iteration(&h);
     h.wait_iteration(resumed_at + 5, SECS_20);
     assert_eq!(
-        scrape(&h, "jobloop_run_log_write_errors_total"),
+        h.scrape("jobloop_run_log_write_errors_total"),
         errors_after_free,
         "no more write errors once space returned\n{}",
         h.stderr()
@@ -147,7 +147,7 @@ fn a_read_only_state_dir_is_a_metric_and_one_log_line_and_state_json_returns_aft
 
     state_fs.remount("ro");
     let frozen_at = iteration(&h);
-    wait_metric(&mut h, "jobloop_state_write_errors_total", 1.0, SECS_20);
+    h.wait_metric("jobloop_state_write_errors_total", 1.0, SECS_20);
     // The loop goes on; /state and the metrics follow it, not the disk.
     h.wait_until("iterations over HTTP", SECS_20, |h| {
         crate::util::http(h.port, "GET", "/state", &[]).is_ok_and(|(_, body)| {
@@ -161,7 +161,7 @@ fn a_read_only_state_dir_is_a_metric_and_one_log_line_and_state_json_returns_aft
         live["status"].is_string() && live["pid"] == h.pid(),
         "{live}"
     );
-    let success = scrape(&h, "jobloop_iterations_total{outcome=\"success\"}");
+    let success = h.scrape("jobloop_iterations_total{outcome=\"success\"}");
     assert!(
         success >= (frozen_at + 19) as f64,
         "metrics follow the loop: {success}"
@@ -173,7 +173,7 @@ fn a_read_only_state_dir_is_a_metric_and_one_log_line_and_state_json_returns_aft
         disk["iteration"].as_u64().unwrap() <= frozen_at + 1,
         "nothing could be written: {disk}"
     );
-    let errors = scrape(&h, "jobloop_state_write_errors_total");
+    let errors = h.scrape("jobloop_state_write_errors_total");
     assert!(errors >= 2.0, "every failed write counts: {errors}");
     let stderr = h.stderr();
     let lines: Vec<&str> = stderr
@@ -318,10 +318,10 @@ fn missing_directories_are_created_0750() {
     util::wait_for("state.json in the created dir", SECS_20, || {
         util::read(&state.join("state.json")).contains("\"idle\"")
     });
-    let umask = crate::faults_support::umask();
+    let umask = crate::util::faults::umask();
     for dir in [state.clone(), logs.join("runs")] {
         assert_eq!(
-            crate::faults_support::mode(&dir),
+            crate::util::faults::mode(&dir),
             0o750 & !umask,
             "{}",
             dir.display()
@@ -394,7 +394,7 @@ fn a_log_disk_out_of_inodes_runs_the_job_without_a_log_and_counts_it() {
         .env("AGENT_LOG_MAX_BYTES", "0");
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_http();
-    wait_metric(&mut h, "jobloop_run_log_write_errors_total", 3.0, SECS_20);
+    h.wait_metric("jobloop_run_log_write_errors_total", 3.0, SECS_20);
     let at_full = iteration(&h);
     h.wait_iteration(at_full + 5, SECS_20);
     let runs_done = util::read(&ran).lines().count() as u64;
@@ -419,7 +419,7 @@ fn a_log_disk_out_of_inodes_runs_the_job_without_a_log_and_counts_it() {
     for log in h.run_logs() {
         std::fs::remove_file(log).unwrap();
     }
-    let errors = scrape(&h, "jobloop_run_log_write_errors_total");
+    let errors = h.scrape("jobloop_run_log_write_errors_total");
     h.wait_until("a new run log", SECS_20, |h| !h.run_logs().is_empty());
     let freed_at = iteration(&h);
     h.wait_iteration(freed_at + 2, SECS_20);
@@ -458,7 +458,7 @@ fn a_full_state_disk_keeps_the_old_state_json_valid_and_recovers() {
         let block = vec![0u8; 4096];
         while file.write_all(&block).is_ok() {}
     }
-    wait_metric(&mut h, "jobloop_state_write_errors_total", 3.0, SECS_20);
+    h.wait_metric("jobloop_state_write_errors_total", 3.0, SECS_20);
     let disk = h.state().expect("the last state.json stays valid");
     let (_, body) = h.get("/state");
     let live: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -471,7 +471,7 @@ fn a_full_state_disk_keeps_the_old_state_json_valid_and_recovers() {
     h.wait_until("state.json written again", SECS_20, |h| {
         iteration(h) >= target
     });
-    let errors = scrape(&h, "jobloop_state_write_errors_total");
+    let errors = h.scrape("jobloop_state_write_errors_total");
     assert_eq!(h.stop().code(), Some(0));
     assert_eq!(h.state().unwrap()["status"], "stopped");
     let lines = h

@@ -86,7 +86,7 @@ fn stderr_on_a_full_device_does_not_stop_the_loop() {
     let h = Harness::new();
     let full = match std::fs::OpenOptions::new().write(true).open("/dev/full") {
         Ok(file) => file,
-        Err(e) => return crate::faults_support::skip(&format!("no /dev/full: {e}")),
+        Err(e) => return crate::util::faults::skip(&format!("no /dev/full: {e}")),
     };
     let mut child = command(&h)
         .stderr(Stdio::from(full))

@@ -9,117 +9,17 @@
 //! 256-span queue; `JOBLOOP_FULL_FAULTS=1` measures 10 s windows and 20,000
 //! iterations with the default 2,048-span queue.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-
-use crate::faults_support::{full, iteration, rss_kib};
-use crate::util::{free_port, Harness};
+use crate::util::faults::{full, iteration, rss_kib};
+use crate::util::otlp::{otlp_env, slow_grpc_receiver, BlackHole};
+use crate::util::{daemon, free_port, Harness};
 
 const SECS_60: Duration = Duration::from_secs(60);
 
-/// Accepts TCP connections and never answers, for as long as it lives.
-struct BlackHole {
-    address: std::net::SocketAddr,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl BlackHole {
-    fn new() -> BlackHole {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            listener.set_nonblocking(true).unwrap();
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => held.push(stream),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        BlackHole { address, stop }
-    }
-}
-
-impl Drop for BlackHole {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A gRPC trace receiver that answers every export after `delay`.
-struct SlowSink {
-    delay: Duration,
-    exports: Arc<AtomicUsize>,
-}
-
-#[tonic::async_trait]
-impl TraceService for SlowSink {
-    async fn export(
-        &self,
-        _request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        tokio::time::sleep(self.delay).await;
-        self.exports.fetch_add(1, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-/// A slow receiver on its own runtime, dropped with the test.
-struct SlowCollector {
-    endpoint: String,
-    exports: Arc<AtomicUsize>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn slow_collector(delay: Duration) -> SlowCollector {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let address = listener.local_addr().unwrap();
-    let exports = Arc::new(AtomicUsize::new(0));
-    let sink = SlowSink {
-        delay,
-        exports: exports.clone(),
-    };
-    runtime.spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(sink))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await;
-    });
-    SlowCollector {
-        endpoint: format!("http://{address}"),
-        exports,
-        _runtime: runtime,
-    }
-}
-
-/// A daemon on a `true` loop exporting to `endpoint` (or nowhere).
-fn daemon(endpoint: Option<&str>, protocol: &str, idle: &str) -> Harness {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", idle)
-        .env("AGENT_SHUTDOWN_GRACE", "2s");
-    if let Some(endpoint) = endpoint {
-        h.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    }
-    h.start(&[], &["true"]);
-    h
+/// Idle sleep and shutdown grace of every daemon here.
+fn settings(idle: &str) -> [(&str, &str); 2] {
+    [("AGENT_IDLE_SLEEP", idle), ("AGENT_SHUTDOWN_GRACE", "2s")]
 }
 
 /// SIGTERM and the time to exit.
@@ -151,8 +51,8 @@ fn a_down_black_holing_or_slow_collector_leaves_the_pace_and_the_shutdown_alone(
     // Each case runs beside a control daemon without a collector, measured
     // over the same window, so a neighbour's load on the machine slows both.
     let measure = |endpoint: &str, protocol: &str| -> (f64, f64, Duration, Harness) {
-        let mut h = daemon(Some(endpoint), protocol, "20ms");
-        let mut control = daemon(None, "grpc", "20ms");
+        let mut h = daemon(&[&settings("20ms")[..], &otlp_env(endpoint, protocol)].concat());
+        let mut control = daemon(&settings("20ms"));
         h.wait_iteration(5, SECS_60);
         control.wait_iteration(5, SECS_60);
         let (first, first_control) = (iteration(&h), iteration(&control));
@@ -171,8 +71,8 @@ fn a_down_black_holing_or_slow_collector_leaves_the_pace_and_the_shutdown_alone(
         format!("http://127.0.0.1:{port}")
     };
     let hole = BlackHole::new();
-    let hole_endpoint = format!("http://{}", hole.address);
-    let slow = slow_collector(Duration::from_secs(2));
+    let hole_endpoint = hole.endpoint();
+    let slow = slow_grpc_receiver(Duration::from_secs(2));
     let cases = [
         ("down (refused), grpc", refused.as_str(), "grpc"),
         ("down (refused), http", refused.as_str(), "http/protobuf"),
@@ -208,7 +108,7 @@ fn a_down_black_holing_or_slow_collector_leaves_the_pace_and_the_shutdown_alone(
         }
     }
     assert!(
-        slow.exports.load(Ordering::Relaxed) > 0,
+        slow.received.exports() > 0,
         "the slow collector did get spans"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -219,10 +119,9 @@ fn a_down_black_holing_or_slow_collector_leaves_the_pace_and_the_shutdown_alone(
 fn a_black_holing_collector_does_not_grow_memory_the_span_queue_has_a_cap() {
     let (early, late) = if full() { (4000, 20_000) } else { (1000, 6000) };
     let hole = BlackHole::new();
-    let endpoint = format!("http://{}", hole.address);
+    let endpoint = hole.endpoint();
     let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "0")
-        .env("AGENT_SHUTDOWN_GRACE", "2s")
+    h.envs(&settings("0"))
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
     if !full() {

@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::faults_support::{processes, skip, zombies_of};
+use crate::util::faults::{processes, skip, zombies_of};
 use crate::util::{self, binary, clean_env, Harness};
 
 // See: issue 6 item 5; SPEC §4 "reaps zombies when it is PID 1".
@@ -89,7 +89,7 @@ fn as_pid_1_jobloop_reaps_orphans_over_100_iterations_and_stops_on_sigterm() {
         let zombies = zombies_of(host_pid);
         most_zombies = most_zombies.max(zombies);
         samples += 1;
-        if crate::faults_support::iteration(&h) >= 100 {
+        if crate::util::faults::iteration(&h) >= 100 {
             break;
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -119,7 +119,7 @@ fn as_pid_1_jobloop_reaps_orphans_over_100_iterations_and_stops_on_sigterm() {
     println!(
         "faults_pid1: {} iterations as PID 1, {orphans} orphans, at most {most_zombies} \
          zombies at once over {samples} samples, {left} at the end",
-        crate::faults_support::iteration(&h)
+        crate::util::faults::iteration(&h)
     );
     if most_zombies > 6 || left > 2 {
         fail(

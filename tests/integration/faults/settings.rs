@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use crate::faults_support::scrape;
 use crate::util::Harness;
 
 const SECS_60: Duration = Duration::from_secs(60);
@@ -35,8 +34,8 @@ fn factor_1000_and_no_failure_limit_back_off_at_the_cap_and_never_halt() {
         "the cap holds: {state}"
     );
     assert!(!h.marker("UNHEALTHY"));
-    assert_eq!(scrape(&h, "jobloop_unhealthy"), 0.0);
-    assert!(scrape(&h, "jobloop_backoff_seconds") <= 0.1 + 1e-9);
+    assert_eq!(h.scrape("jobloop_unhealthy"), 0.0);
+    assert!(h.scrape("jobloop_backoff_seconds") <= 0.1 + 1e-9);
     assert_eq!(h.stop().code(), Some(0));
 }
 
@@ -68,7 +67,7 @@ fn a_1_ms_idle_sleep_with_tight_retention_keeps_the_disk_bounded() {
         "the 1-byte limit is applied: {finished}"
     );
     h.wait_http();
-    let deleted = scrape(&h, "jobloop_run_logs_deleted_total");
+    let deleted = h.scrape("jobloop_run_logs_deleted_total");
     assert!(deleted >= 450.0, "retention deleted {deleted}");
     let state_files = std::fs::read_dir(h.path("state")).unwrap().count();
     assert!(state_files <= 2, "the state dir holds {state_files} files");
