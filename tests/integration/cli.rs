@@ -352,51 +352,8 @@ fn assert_fatal(output: &Output, what: &str) {
     assert!(lines[0].starts_with("jobloop: "), "{what}: {stderr}");
 }
 
-// See: SPEC §5, "directory not writable". Tests run as root, so the
-// unwritable directory is one that cannot be created: a path that is, or
-// lies under, a regular file.
-#[test]
-fn a_log_dir_that_is_a_regular_file_is_fatal_at_start_with_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("not-a-dir");
-    std::fs::write(&file, "x").unwrap();
-    let (output, _keep) = run_with(&[("AGENT_LOG_DIR", file.to_str().unwrap())], &[], &["true"]);
-    assert_fatal(&output, "log dir is a file");
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap(),
-        "x",
-        "the file is untouched"
-    );
-}
-
-#[test]
-fn a_log_dir_under_a_regular_file_is_fatal_at_start_with_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("not-a-dir");
-    std::fs::write(&file, "x").unwrap();
-    let logs = file.join("logs");
-    let (output, _keep) = run_with(&[("AGENT_LOG_DIR", logs.to_str().unwrap())], &[], &["true"]);
-    assert_fatal(&output, "log dir under a file");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("not-a-dir"),
-        "the line names the path: {stderr}"
-    );
-}
-
-#[test]
-fn a_state_dir_under_a_regular_file_is_fatal_at_start_with_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("not-a-dir");
-    std::fs::write(&file, "x").unwrap();
-    let state = file.join("state");
-    let (output, _keep) = run_with(
-        &[("AGENT_STATE_DIR", state.to_str().unwrap())],
-        &[],
-        &["true"],
-    );
-    assert_fatal(&output, "state dir under a file");
-}
+// The directories that are, or lie under, a regular file: see
+// faults::disk::a_log_dir_or_state_dir_that_is_a_file_is_one_line_and_exit_1.
 
 #[test]
 fn a_listen_port_that_is_taken_is_fatal_at_start_with_one_line() {

@@ -85,7 +85,7 @@ fn the_job_runs_in_its_own_process_group_and_state_shows_its_pid() {
     let daemon_pgid = util::pgid_of(h.pid() as i32).unwrap();
     assert_ne!(daemon_pgid, job_pid, "not jobloop's group");
     assert_eq!(h.stop().code(), Some(0));
-    util::wait_for("the job to be gone", SECS_10, || !util::pid_alive(job_pid));
+    h.wait_until("the job to be gone", SECS_10, |_| !util::pid_alive(job_pid));
 }
 
 // See: SPEC §1 AGENT_JOB_TIMEOUT, §4: the whole group, and escaped
@@ -126,12 +126,12 @@ fn job_timeout_stops_the_job_its_grandchild_and_an_escaped_descendant() {
     assert_eq!(state["consecutiveFailures"], 1, "{state}");
     let took = duration_ms(&h, 1);
     assert!((1000..3000).contains(&took), "the run took {took} ms");
-    util::wait_for(
+    h.wait_until(
         "the grandchild in the job's group to be gone",
         SECS_10,
-        || !util::pid_alive(grandchild),
+        |_| !util::pid_alive(grandchild),
     );
-    util::wait_for("the escaped descendant to be gone", SECS_10, || {
+    h.wait_until("the escaped descendant to be gone", SECS_10, |_| {
         !util::pid_alive(escaped)
     });
     assert!(!util::read(&h.run_logs()[0]).contains("never"));

@@ -167,7 +167,7 @@ fn shutdown_stops_a_daemonised_grandchild_left_by_a_finished_job() {
         "it left the job's group"
     );
     assert_eq!(h.stop().code(), Some(0));
-    util::wait_for("the escaped grandchild to be gone", SECS_10, || {
+    h.wait_until("the escaped grandchild to be gone", SECS_10, |_| {
         !util::pid_alive(escaped)
     });
 }

@@ -3,9 +3,9 @@
 //! state, WATCHDOG=1 from the loop (SPEC §4).
 
 use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::util::Harness;
+use crate::util::{self, Harness};
 
 fn receive_until(
     socket: &UnixDatagram,
@@ -15,14 +15,18 @@ fn receive_until(
     socket
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let until = Instant::now() + deadline;
     let mut messages = Vec::new();
     let mut buffer = [0u8; 4096];
-    while Instant::now() < until && !done(&messages) {
+    // The read timeout paces the loop. The caller asserts on what came.
+    util::poll_every(Duration::ZERO, deadline, || {
+        if done(&messages) {
+            return true;
+        }
         if let Ok(count) = socket.recv(&mut buffer) {
             messages.push(String::from_utf8_lossy(&buffer[..count]).to_string());
         }
-    }
+        false
+    });
     messages
 }
 

@@ -120,6 +120,14 @@ impl Harness {
     /// Starts `jobloop run [extra...] -- job...`; stderr goes to `stderr.log`.
     pub fn start(&mut self, extra: &[&str], job: &[&str]) -> &mut Harness {
         let stderr = std::fs::File::create(self.path("stderr.log")).unwrap();
+        let mut command = self.command(extra, job);
+        command.stderr(stderr);
+        self.spawn(command)
+    }
+
+    /// The command [`Harness::start`] runs, for a test that needs to change
+    /// it (stderr to a pipe or a full device) before [`Harness::spawn`].
+    pub fn command(&self, extra: &[&str], job: &[&str]) -> Command {
         let mut command = Command::new(binary());
         command.arg("run").args(extra).arg("--").args(job);
         clean_env(&mut command);
@@ -127,10 +135,19 @@ impl Harness {
         command
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+            .stdout(Stdio::null());
+        command
+    }
+
+    /// Starts `command` as the daemon under test.
+    pub fn spawn(&mut self, mut command: Command) -> &mut Harness {
         self.child = Some(command.spawn().expect("start jobloop"));
         self
+    }
+
+    /// The daemon's process, e.g. to take a piped stderr.
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("started")
     }
 
     /// The daemon's pid.
@@ -351,7 +368,18 @@ pub fn daemon(env: &[(&str, &str)]) -> Harness {
 /// fail with their own diagnostics: [`Harness::wait_until`] for a daemon,
 /// [`wait_for`] otherwise; a caller that collects what it saw (processes
 /// left behind, messages) may use the result directly.
-pub fn poll(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub fn poll(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
+    poll_every(Duration::from_millis(10), timeout, condition)
+}
+
+/// [`poll`] with another pause between calls: zero for a reader that must
+/// look as often as it can, or whose `condition` blocks for a while itself
+/// (a socket read with a timeout).
+pub fn poll_every(
+    interval: Duration,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
@@ -360,7 +388,9 @@ pub fn poll(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        if !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
     }
 }
 

@@ -63,10 +63,10 @@ fn a_timed_out_job_takes_its_double_forked_daemons_with_it() {
     );
     let state = h.wait_status("unhealthy", SECS_20);
     assert_eq!(state["lastOutcome"], "timeout", "{state}");
-    util::wait_for(
+    h.wait_until(
         "the daemons to die with the timed-out job",
         Duration::from_secs(5),
-        || !pid_alive(meek) && !pid_alive(stubborn),
+        |_| !pid_alive(meek) && !pid_alive(stubborn),
     );
     assert_eq!(h.stop().code(), Some(0));
 }
@@ -173,19 +173,14 @@ fn sample_until_finished(h: &mut Harness, expected_status: &str) -> (u64, f64) {
     let started = Instant::now();
     let pid = h.pid();
     let mut peak = 0;
-    let deadline = started + Duration::from_secs(600);
-    loop {
-        peak = peak.max(rss_kib(pid));
-        if h.state().is_some_and(|s| s["status"] == expected_status) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not end\n{}",
-            h.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.wait_until(
+        &format!("the run to end at status {expected_status}"),
+        Duration::from_secs(600),
+        |h| {
+            peak = peak.max(rss_kib(pid));
+            h.state().is_some_and(|s| s["status"] == expected_status)
+        },
+    );
     (peak.max(peak_rss_kib(pid)), started.elapsed().as_secs_f64())
 }
 

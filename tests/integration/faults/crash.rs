@@ -123,10 +123,10 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
                 );
                 interrupted_seen += 1;
                 if let Some(job_pid) = previous.job_pid {
-                    util::wait_for(
+                    h.wait_until(
                         &format!("round {round}: the left-over job group {job_pid} to die"),
                         Duration::from_secs(5),
-                        || {
+                        |_| {
                             crate::util::faults::processes()
                                 .iter()
                                 .all(|p| p.3 != job_pid as i32 || p.1 == 'Z')
@@ -195,14 +195,10 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
 
     // No job of any round is left behind.
     let mut leftovers = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
+    util::poll(Duration::from_secs(5), || {
         leftovers = processes_with_env(&marker, &[]);
-        if leftovers.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        leftovers.is_empty()
+    });
     let leftover_report = (!leftovers.is_empty()).then(|| {
         // Which run each one came from, and what state.json said at its kill.
         let mut explained = Vec::new();
@@ -390,12 +386,11 @@ fn a_jobloop_killed_as_its_job_starts_leaves_no_job_behind() {
     }
     h.start(&[], &["true"]);
     h.wait_status("idle", Duration::from_secs(20));
-    let mut leftovers = processes_with_env(&marker, &[h.pid()]);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !leftovers.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut leftovers = Vec::new();
+    util::poll(Duration::from_secs(3), || {
         leftovers = processes_with_env(&marker, &[h.pid()]);
-    }
+        leftovers.is_empty()
+    });
     for (pid, _) in &leftovers {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid),
@@ -430,12 +425,11 @@ fn kill_restart_and_list_leftovers(
         .env("AGENT_IDLE_SLEEP", "60s");
     h.start(&[], &["true"]);
     h.wait_status("idle", Duration::from_secs(20));
-    let mut left = crate::util::faults::processes_with_var(assignment, &[h.pid()]);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !left.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut left = Vec::new();
+    util::poll(Duration::from_secs(3), || {
         left = crate::util::faults::processes_with_var(assignment, &[h.pid()]);
-    }
+        left.is_empty()
+    });
     for (pid, _) in &left {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid),

@@ -220,7 +220,8 @@ fn assert_one_line_exit_1(what: &str, result: (Option<i32>, String), names: &str
     assert!(lines[0].contains(names), "{what}: names {names}: {stderr}");
 }
 
-// See: issue 6 item 3; SPEC §5 "exit 1 ... directory not writable".
+// See: issue 6 item 3; SPEC §5 "exit 1 ... directory not writable". (Was
+// also in cli.rs, in three smaller tests; this one covers all of them.)
 #[test]
 fn a_log_dir_or_state_dir_that_is_a_file_is_one_line_and_exit_1() {
     let h = Harness::new();
@@ -253,6 +254,18 @@ fn a_log_dir_or_state_dir_that_is_a_file_is_one_line_and_exit_1() {
             &[
                 ("AGENT_LOG_DIR", below.to_str().unwrap()),
                 ("AGENT_STATE_DIR", good_str),
+            ],
+        ),
+        file_str,
+    );
+    let state_below = file.join("state");
+    assert_one_line_exit_1(
+        "state dir below a file",
+        start_fails(
+            &h,
+            &[
+                ("AGENT_LOG_DIR", good_str),
+                ("AGENT_STATE_DIR", state_below.to_str().unwrap()),
             ],
         ),
         file_str,
@@ -315,7 +328,7 @@ fn missing_directories_are_created_0750() {
         .env("AGENT_STATE_DIR", state.to_str().unwrap())
         .env("AGENT_IDLE_SLEEP", "60s");
     h.start(&[], &["true"]);
-    util::wait_for("state.json in the created dir", SECS_20, || {
+    h.wait_until("state.json in the created dir", SECS_20, |_| {
         util::read(&state.join("state.json")).contains("\"idle\"")
     });
     let umask = crate::util::faults::umask();

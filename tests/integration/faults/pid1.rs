@@ -5,7 +5,7 @@
 //! handler (the seed's Q10), stops it cleanly.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::faults::{processes, skip, zombies_of};
 use crate::util::{self, binary, clean_env, Harness};
@@ -82,20 +82,15 @@ fn as_pid_1_jobloop_reaps_orphans_over_100_iterations_and_stops_on_sigterm() {
         );
     };
 
-    let started = Instant::now();
     let mut most_zombies = 0;
     let mut samples = 0;
-    loop {
-        let zombies = zombies_of(host_pid);
-        most_zombies = most_zombies.max(zombies);
+    let reached = util::poll(Duration::from_secs(60), || {
+        most_zombies = most_zombies.max(zombies_of(host_pid));
         samples += 1;
-        if crate::util::faults::iteration(&h) >= 100 {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            fail("100 iterations did not come", &h);
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        crate::util::faults::iteration(&h) >= 100
+    });
+    if !reached {
+        fail("100 iterations did not come", &h);
     }
     let state = h.state().unwrap();
     if state["pid"] != 1 {
@@ -108,14 +103,10 @@ fn as_pid_1_jobloop_reaps_orphans_over_100_iterations_and_stops_on_sigterm() {
     // Those of the last runs may still be running or just exited: give the
     // reaper a moment, then count what is left.
     let mut left = usize::MAX;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
+    util::poll(Duration::from_secs(5), || {
         left = zombies_of(host_pid);
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        left == 0
+    });
     println!(
         "faults_pid1: {} iterations as PID 1, {orphans} orphans, at most {most_zombies} \
          zombies at once over {samples} samples, {left} at the end",
@@ -133,15 +124,13 @@ fn as_pid_1_jobloop_reaps_orphans_over_100_iterations_and_stops_on_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = unshare.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            fail("PID 1 jobloop ignored SIGTERM", &h);
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let mut exited = None;
+    util::poll(Duration::from_secs(10), || {
+        exited = unshare.try_wait().unwrap();
+        exited.is_some()
+    });
+    let Some(status) = exited else {
+        fail("PID 1 jobloop ignored SIGTERM", &h);
     };
     assert_eq!(status.code(), Some(0), "{}", h.stderr());
     assert_eq!(h.state().unwrap()["status"], "stopped");
