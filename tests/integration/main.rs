@@ -12,7 +12,7 @@ mod cli;
 mod http;
 /// The loop: classification paths, backoff sequence, halts and resumes.
 mod loop_;
-/// Metrics after scripted scenarios, and promtool on a real scrape.
+/// Metrics after scripted scenarios, the golden exposition, promtool on a real scrape.
 mod metrics;
 /// The child: environment, process groups, timeout, auth kill, spawn failures.
 mod process;

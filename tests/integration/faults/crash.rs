@@ -83,6 +83,8 @@ fn sigkill_at_random_moments_loses_no_state_no_run_log_and_leaves_no_job_behind(
                     Err(e) if !seen && e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(format!("state.json unreadable: {e}")),
                 }
+                // The reader's pace: it observes for the whole test and
+                // synchronises nothing.
                 std::thread::sleep(Duration::from_micros(500));
             }
             Ok(())

@@ -61,7 +61,7 @@ fn as_pid_1_jobloop_reaps_orphans_over_100_iterations_and_stops_on_sigterm() {
     let unshare_pid = unshare.id() as i32;
     // jobloop's pid outside the namespace: unshare's child.
     let mut host_pid = 0;
-    util::wait_for("jobloop under unshare", Duration::from_secs(10), || {
+    let found = util::poll(Duration::from_secs(10), || {
         host_pid = processes()
             .iter()
             .find(|p| p.2 == unshare_pid)
@@ -70,6 +70,13 @@ fn as_pid_1_jobloop_reaps_orphans_over_100_iterations_and_stops_on_sigterm() {
             && std::fs::read_link(format!("/proc/{host_pid}/exe"))
                 .is_ok_and(|exe| exe.to_string_lossy().contains("jobloop"))
     });
+    if !found {
+        let _ = unshare.kill();
+        panic!(
+            "timed out after 10s waiting for jobloop under unshare\n--- stderr ---\n{}",
+            h.stderr()
+        );
+    }
     let fail = |what: &str, h: &Harness| -> ! {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(host_pid),
