@@ -612,3 +612,63 @@ pub fn log_field(line: &str, key: &str) -> Option<String> {
     };
     Some(value)
 }
+
+// The harness's own promises: a wait that times out says what it waited
+// for and shows the daemon's state.json and stderr.
+#[cfg(test)]
+mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::time::Duration;
+
+    use super::{poll, poll_every, Harness};
+
+    /// The message of the panic `f` raises.
+    fn panic_message(f: impl FnOnce()) -> String {
+        let payload = catch_unwind(AssertUnwindSafe(f)).expect_err("it panics");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_timed_out_wait_names_its_goal_and_shows_state_json_and_stderr() {
+        let mut h = Harness::new();
+        h.start(&[], &["true"]);
+        h.wait_iteration(1, Duration::from_secs(20));
+        let message = panic_message(|| {
+            h.wait_until(
+                "a condition that never holds",
+                Duration::from_millis(50),
+                |_| false,
+            )
+        });
+        assert!(
+            message.contains("waiting for a condition that never holds"),
+            "{message}"
+        );
+        assert!(message.contains("--- state.json ---\n{"), "{message}");
+        assert!(message.contains("\"iteration\""), "{message}");
+        assert!(message.contains("--- stderr ---\n"), "{message}");
+        assert!(message.contains("iteration finished"), "{message}");
+        assert!(message.contains("still running (killed now)"), "{message}");
+    }
+
+    #[test]
+    fn poll_returns_as_soon_as_the_condition_holds_and_false_after_the_timeout() {
+        let mut calls = 0;
+        assert!(poll(Duration::from_secs(10), || {
+            calls += 1;
+            calls == 3
+        }));
+        assert_eq!(calls, 3);
+        let started = std::time::Instant::now();
+        assert!(!poll_every(
+            Duration::ZERO,
+            Duration::from_millis(30),
+            || false
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+}
