@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::util::{jobloop, Harness};
+use crate::util::{daemon, jobloop, Harness};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -30,9 +30,7 @@ fn probes_in_running_idle_backoff_and_halts() {
     drop(h);
 
     // idle
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "1h");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "1h")]);
     h.wait_status("idle", WAIT);
     assert_eq!(probes(&h), (200, 200, 200), "idle");
     drop(h);
@@ -87,9 +85,7 @@ fn probes_while_stopping() {
 
 #[test]
 fn unknown_paths_and_wrong_methods() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "1h");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "1h")]);
     h.wait_http();
     assert_eq!(h.get("/nope").0, 404);
     assert_eq!(h.post("/metrics", &[]).0, 405);
@@ -157,9 +153,7 @@ fn time_iterations(h: &mut Harness, count: u64) -> Duration {
 // See: issue 3 "200 idle connections held open while the loop keeps iterating".
 #[test]
 fn idle_connections_do_not_slow_the_loop() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "20ms");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "20ms")]);
     h.wait_status("idle", WAIT);
     let unloaded = time_iterations(&mut h, 20);
     let held: Vec<TcpStream> = (0..200)
@@ -234,9 +228,7 @@ fn thread_priorities(pid: u32) -> Vec<(String, i64)> {
 // See: SPEC §6 "the HTTP server can never slow down or stop the loop".
 #[test]
 fn the_http_thread_yields_the_cpu_to_the_loop() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "1h");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "1h")]);
     h.wait_status("idle", WAIT);
     let threads = thread_priorities(h.pid());
     let nice_of = |name: &str| {

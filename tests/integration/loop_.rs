@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::util::{self, Harness};
+use crate::util::{self, daemon, Harness};
 
 const SECS_10: Duration = Duration::from_secs(10);
 
@@ -46,9 +46,7 @@ fn assert_no_more_runs(h: &mut Harness, iterations: u64) {
 // See: SPEC §2, classify step 2.
 #[test]
 fn a_job_that_exits_0_makes_the_loop_idle_with_no_markers() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "30s");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "30s")]);
     let state = h.wait_status("idle", SECS_10);
     assert_eq!(state["iteration"], 1, "{state}");
     assert_eq!(state["lastBatchExit"], 0, "{state}");
@@ -573,10 +571,10 @@ fn a_custom_auth_pattern_replaces_the_default_and_anchors_per_line() {
 // See: SPEC §1 AGENT_PREFLIGHT_TIMEOUT.
 #[test]
 fn a_preflight_that_runs_too_long_fails() {
-    let mut h = Harness::new();
-    h.env("AGENT_PREFLIGHT_CMD", "sleep 30")
-        .env("AGENT_PREFLIGHT_TIMEOUT", "200ms");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[
+        ("AGENT_PREFLIGHT_CMD", "sleep 30"),
+        ("AGENT_PREFLIGHT_TIMEOUT", "200ms"),
+    ]);
     let state = h.wait_status("unhealthy", SECS_10);
     assert_eq!(state["reason"], "preflight-failed", "{state}");
     assert_eq!(state["iteration"], 0, "{state}");
@@ -585,11 +583,11 @@ fn a_preflight_that_runs_too_long_fails() {
 // See: SPEC §1, hook failures are "never fatal"; AGENT_HOOK_TIMEOUT.
 #[test]
 fn a_hook_that_hangs_is_stopped_and_the_loop_goes_on() {
-    let mut h = Harness::new();
-    h.env("AGENT_ROTATE_CMD", "sleep 30")
-        .env("AGENT_HOOK_TIMEOUT", "100ms")
-        .env("AGENT_IDLE_SLEEP", "10ms");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[
+        ("AGENT_ROTATE_CMD", "sleep 30"),
+        ("AGENT_HOOK_TIMEOUT", "100ms"),
+        ("AGENT_IDLE_SLEEP", "10ms"),
+    ]);
     let state = h.wait_iteration(3, SECS_10);
     assert_ne!(state["status"], "unhealthy", "{state}");
     assert_eq!(state["lastBatchExit"], 0, "{state}");

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use crate::util::{metric, Harness};
+use crate::util::{daemon, metric, Harness};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -187,9 +187,7 @@ fn preflight_hooks_truncation_and_retention_are_counted() {
 
 #[test]
 fn a_failed_preflight_is_counted() {
-    let mut h = Harness::new();
-    h.env("AGENT_PREFLIGHT_CMD", "exit 1");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_PREFLIGHT_CMD", "exit 1")]);
     h.wait_status("unhealthy", WAIT);
     let m = scrape(&h);
     assert_eq!(
@@ -209,6 +207,13 @@ fn an_interrupted_iteration_is_counted_at_the_next_start() {
     h.wait_status("running", WAIT);
     h.kill();
     h.start(&[], &["sleep", "30"]);
+    // The notice comes first in the new daemon's loop: once it has published
+    // its own run, the count is in. (HTTP alone may answer before that.)
+    let pid = u64::from(h.pid());
+    h.wait_until("the restarted daemon's run", WAIT, |h| {
+        h.state()
+            .is_some_and(|s| s["pid"] == pid && s["status"] == "running")
+    });
     h.wait_http();
     let m = scrape(&h);
     assert_eq!(value(&m, "jobloop_interrupted_iterations_total"), 1.0);

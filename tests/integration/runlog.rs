@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::util::{self, Harness};
+use crate::util::{self, daemon, Harness};
 
 const SECS_10: Duration = Duration::from_secs(10);
 
@@ -280,9 +280,7 @@ fn a_10_mb_line_is_copied_to_the_run_log_exactly() {
 
 #[test]
 fn run_logs_are_created_with_mode_0640() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "30s");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "30s")]);
     h.wait_status("idle", SECS_10);
     let log = &h.run_logs()[0];
     let mode = std::fs::metadata(log).unwrap().permissions().mode() & 0o7777;

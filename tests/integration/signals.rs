@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::util::{self, Harness};
+use crate::util::{self, daemon, Harness};
 
 const SECS_10: Duration = Duration::from_secs(10);
 
@@ -119,9 +119,7 @@ fn a_second_sigterm_kills_the_job_at_once() {
 
 #[test]
 fn sigterm_during_the_idle_sleep_stops_at_once() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "60s");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "60s")]);
     h.wait_status("idle", SECS_10);
     let sent = Instant::now();
     assert_eq!(h.stop().code(), Some(0));
@@ -220,9 +218,7 @@ fn sighup_leaves_an_unhealthy_halt_with_the_failure_count_reset() {
 
 #[test]
 fn sighup_while_not_halted_changes_nothing() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "60s");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "60s")]);
     h.wait_status("idle", SECS_10);
     h.signal(Signal::SIGHUP);
     h.assert_holds(

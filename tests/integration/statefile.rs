@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::util::{self, Harness};
+use crate::util::{self, daemon, Harness};
 
 const SECS_10: Duration = Duration::from_secs(10);
 
@@ -101,9 +101,7 @@ fn check_shape(state: &serde_json::Value) -> Result<(), String> {
 // See: SPEC §3, "rewritten atomically ... readable at any moment".
 #[test]
 fn state_json_parses_at_every_moment_while_a_reader_polls_200_fast_iterations() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "0");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "0")]);
     let file = h.path("state/state.json");
     let mut reads = 0u64;
     let mut last_iteration = 0;
@@ -249,9 +247,7 @@ fn a_state_left_at_running_is_noticed_at_start_as_an_interrupted_iteration() {
 
 #[test]
 fn a_clean_previous_state_is_not_counted_as_interrupted() {
-    let mut h = Harness::new();
-    h.env("AGENT_IDLE_SLEEP", "60s");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("AGENT_IDLE_SLEEP", "60s")]);
     h.wait_status("idle", SECS_10);
     assert_eq!(h.stop().code(), Some(0));
     h.start(&[], &["true"]);

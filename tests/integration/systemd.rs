@@ -5,7 +5,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use crate::util::{self, Harness};
+use crate::util::{self, daemon, Harness};
 
 fn receive_until(
     socket: &UnixDatagram,
@@ -73,9 +73,7 @@ fn ready_status_and_watchdog_reach_the_notify_socket() {
 
 #[test]
 fn without_notify_socket_nothing_is_sent_and_nothing_fails() {
-    let mut h = Harness::new();
-    h.env("WATCHDOG_USEC", "100000");
-    h.start(&[], &["true"]);
+    let mut h = daemon(&[("WATCHDOG_USEC", "100000")]);
     h.wait_status("idle", Duration::from_secs(10));
     assert!(h.stop().success());
 }
