@@ -152,7 +152,10 @@ mod tests {
     fn run_args(argv: &[&str]) -> RunArgs {
         let mut all = vec!["jobloop", "run"];
         all.extend_from_slice(argv);
-        match Cli::try_parse_from(all).expect("clap accepts the flags").command {
+        match Cli::try_parse_from(all)
+            .expect("clap accepts the flags")
+            .command
+        {
             CliCommand::Run(args) => args,
             other => panic!("not run: {other:?}"),
         }
@@ -169,10 +172,7 @@ mod tests {
                 .find(|arg| arg.get_id() == id)
                 .expect(row.variable);
             assert_eq!(arg.get_long(), Some(id));
-            assert_eq!(
-                arg.get_env().and_then(|v| v.to_str()),
-                Some(row.variable)
-            );
+            assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(row.variable));
             let defaults: Vec<_> = arg.get_default_values().iter().collect();
             assert_eq!(defaults.len(), usize::from(row.default.is_some()), "{id}");
         }
@@ -211,9 +211,19 @@ mod tests {
     fn status_takes_url_without_a_state_dir_conflict() {
         let cli = Cli::try_parse_from(["jobloop", "status", "--url", "http://127.0.0.1:1"])
             .expect("status --url parses");
-        assert!(matches!(cli.command, CliCommand::Status(StatusArgs { url: Some(_), .. })));
+        assert!(matches!(
+            cli.command,
+            CliCommand::Status(StatusArgs { url: Some(_), .. })
+        ));
         // Both flags at once are still a usage error.
-        let both = ["jobloop", "status", "--url", "http://h", "--state-dir", "/x"];
+        let both = [
+            "jobloop",
+            "status",
+            "--url",
+            "http://h",
+            "--state-dir",
+            "/x",
+        ];
         assert!(Cli::try_parse_from(both).is_err());
     }
 

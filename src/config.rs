@@ -691,7 +691,12 @@ mod tests {
             let settings = Settings::from_raw(&raw, |_| None).expect("100 years is allowed");
             let described = settings.describe();
             let shown = described.iter().find(|(name, _)| *name == row.variable);
-            assert_eq!(shown.map(|(_, v)| v.as_str()), Some("100years"), "{}", row.variable);
+            assert_eq!(
+                shown.map(|(_, v)| v.as_str()),
+                Some("100years"),
+                "{}",
+                row.variable
+            );
         }
         assert!(seen >= 10, "{seen} duration rows");
     }

@@ -36,7 +36,10 @@ pub fn run(args: &StatusArgs) -> ExitCode {
     let state_dir_env = std::env::var("AGENT_STATE_DIR")
         .ok()
         .filter(|dir| !dir.is_empty());
-    let (state, source) = match (&args.url, args.state_dir.as_ref().or(state_dir_env.as_ref())) {
+    let (state, source) = match (
+        &args.url,
+        args.state_dir.as_ref().or(state_dir_env.as_ref()),
+    ) {
         (Some(url), _) => (fetch(url), format!("GET {url}/state")),
         (None, Some(dir)) => (read_file(Path::new(dir)), format!("{dir}/state.json")),
         (None, None) => match fetch(DEFAULT_URL) {
@@ -292,8 +295,14 @@ mod tests {
     #[test]
     fn reads_stop_at_one_mebibyte() {
         let limit = MAX_READ as usize;
-        assert_eq!(read_capped(&vec![b' '; limit][..], "x").unwrap().len(), limit);
+        assert_eq!(
+            read_capped(&vec![b' '; limit][..], "x").unwrap().len(),
+            limit
+        );
         let error = read_capped(std::io::repeat(b' '), "the answer").unwrap_err();
-        assert_eq!(error, "the answer is larger than 1 MiB; not a jobloop state");
+        assert_eq!(
+            error,
+            "the answer is larger than 1 MiB; not a jobloop state"
+        );
     }
 }

@@ -320,7 +320,9 @@ pub const SETTINGS: &[Setting] = &[
         form: Form::Text,
         describe: |s| {
             let file = s.admin_token_file.as_deref();
-            file.map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+            file.map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
         },
     },
     Setting {
@@ -476,7 +478,11 @@ mod tests {
         for (index, row) in SETTINGS.iter().enumerate() {
             assert!(row.variable.starts_with("AGENT_"), "{}", row.variable);
             assert!(row.flag.starts_with("--"), "{}", row.flag);
-            assert!(!row.help.is_empty() && !row.help.ends_with('.'), "{}", row.variable);
+            assert!(
+                !row.help.is_empty() && !row.help.ends_with('.'),
+                "{}",
+                row.variable
+            );
             for other in &SETTINGS[index + 1..] {
                 assert_ne!(row.variable, other.variable);
                 assert_ne!(row.flag, other.flag);
