@@ -2,7 +2,7 @@
 //! `status`.
 //!
 //! The options of `run` and `check` are not typed out here: they are built
-//! from the rows of [`config::table::SETTINGS`], each flag paired with its
+//! from the rows of [`crate::config::table::SETTINGS`], each flag paired with its
 //! `AGENT_*` variable, its default and its help, so the command line cannot
 //! drift from the settings `config` parses and `check` prints. Values stay
 //! raw strings so that a bad value becomes jobloop's own one-line error

@@ -185,13 +185,6 @@ impl RawSettings {
         self
     }
 
-    /// Unsets the row of `variable` (as if neither flag, variable nor
-    /// default gave it a value).
-    pub fn unset(&mut self, variable: &str) -> &mut RawSettings {
-        self.values.remove(variable);
-        self
-    }
-
     /// The raw value of the row of `variable`, if it has one.
     pub fn get(&self, variable: &str) -> Option<&str> {
         self.values.get(variable).map(String::as_str)
@@ -279,6 +272,25 @@ impl<'a> Checker<'a> {
                 f64::NAN
             }
         }
+    }
+
+    /// A [`Form::Choice`] row: the word given (trimmed), or `None` after
+    /// reporting a word that is not one of the row's.
+    fn choice(&mut self, variable: &str) -> Option<&'static str> {
+        let Form::Choice(words) = setting(variable).form else {
+            self.reject(variable, "(jobloop bug: this setting is not a choice)");
+            return None;
+        };
+        let given = self.text(variable).trim();
+        let found = words.iter().copied().find(|word| *word == given);
+        if found.is_none() {
+            let allowed = match words {
+                [one, two] => format!("{one} or {two}"),
+                _ => format!("one of {}", words.join(", ")),
+            };
+            self.reject(variable, &allowed);
+        }
+        found
     }
 
     fn command(&mut self, variable: &str) -> Option<String> {
@@ -484,13 +496,9 @@ impl Settings {
         });
         let admin_token_file = c.optional("AGENT_ADMIN_TOKEN_FILE").map(PathBuf::from);
         let admin_token = admin_token(c);
-        let log_format = match c.text("AGENT_LOG_FORMAT").trim() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => {
-                c.reject("AGENT_LOG_FORMAT", "text or json");
-                LogFormat::Text
-            }
+        let log_format = match c.choice("AGENT_LOG_FORMAT") {
+            Some("json") => LogFormat::Json,
+            _ => LogFormat::Text,
         };
         let log_level = c.text("AGENT_LOG_LEVEL");
         if tracing_subscriber::EnvFilter::try_new(log_level).is_err() || log_level.trim().is_empty()

@@ -41,6 +41,9 @@ pub enum Form {
     /// A shell command (`sh -c`); `check` shows its program and the number
     /// of its other words, since arguments may carry credentials.
     Command,
+    /// One of a few words (`text`, `json`); anything else is a bad
+    /// setting naming them.
+    Choice(&'static [&'static str]),
     /// A secret: its value is never shown, in `--help` or by `check`.
     Secret,
     /// Anything else, checked by its own parse in `Settings::from_raw`.
@@ -331,7 +334,7 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("text"),
         value_name: "FORMAT",
         help: "the daemon's own log on stderr: `text` or `json`",
-        form: Form::Text,
+        form: Form::Choice(&["text", "json"]),
         describe: |s| match s.log_format {
             LogFormat::Text => "text".to_string(),
             LogFormat::Json => "json".to_string(),
@@ -488,6 +491,13 @@ mod tests {
                 assert_ne!(row.flag, other.flag);
             }
             assert!(std::ptr::eq(setting(row.variable), row));
+            if let Form::Choice(words) = row.form {
+                assert!(
+                    words.contains(&row.default.unwrap_or_default()),
+                    "{}",
+                    row.variable
+                );
+            }
         }
     }
 
