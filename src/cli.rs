@@ -1,12 +1,18 @@
 //! The command line as given: clap definitions for `run`, `check` and
-//! `status`, every option paired with its `AGENT_*` variable.
+//! `status`.
 //!
-//! Values stay raw strings here so that a bad value becomes jobloop's own
-//! one-line error with exit 78 (see `config`), not clap's usage screen.
-//! clap resolves precedence: a flag beats the variable, the variable beats
-//! the default.
+//! The options of `run` and `check` are not typed out here: they are built
+//! from the rows of [`crate::config::table::SETTINGS`], each flag paired with its
+//! `AGENT_*` variable, its default and its help, so the command line cannot
+//! drift from the settings `config` parses and `check` prints. Values stay
+//! raw strings so that a bad value becomes jobloop's own one-line error
+//! with exit 78 (see `config`), not clap's usage screen. clap resolves
+//! precedence: a flag beats the variable, the variable beats the default.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+
+use crate::config::table::{Form, Setting, SETTINGS};
+use crate::config::RawSettings;
 
 /// jobloop runs a worker command over and over, one job per run, and makes
 /// every run visible: Prometheus metrics, health probes, one OpenTelemetry
@@ -14,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "jobloop", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: CliCommand,
 }
@@ -30,13 +37,19 @@ pub enum CliCommand {
 }
 
 /// Options of `jobloop status`.
+///
+/// AGENT_STATE_DIR is deliberately not clap's `env` of `--state-dir`: in
+/// the worker's own container it is always set, and clap would then count
+/// it as given and refuse `--url` beside it. `status::run` reads it only
+/// when neither flag is given (issue #12 item 7).
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Base URL of a running daemon's HTTP server.
     #[arg(long, value_name = "URL", conflicts_with = "state_dir")]
     pub url: Option<String>,
-    /// Read state.json from this directory instead of asking the daemon.
-    #[arg(long, env = "AGENT_STATE_DIR", value_name = "DIR")]
+    /// Read state.json from this directory instead of asking the daemon
+    /// [default: $AGENT_STATE_DIR when set and --url is not given].
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<String>,
     /// Print the state JSON instead of the summary.
     #[arg(long)]
@@ -44,216 +57,186 @@ pub struct StatusArgs {
 }
 
 /// Every setting of the daemon, as flag and variable, raw.
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Clone)]
 pub struct RunArgs {
-    /// Consecutive failures that make the daemon unhealthy; 0 = never.
-    #[arg(
-        long,
-        env = "AGENT_MAX_FAILURES",
-        default_value = "5",
-        value_name = "N"
-    )]
-    pub max_failures: String,
-    /// First backoff after a failure.
-    #[arg(
-        long,
-        env = "AGENT_BACKOFF_START",
-        default_value = "5s",
-        value_name = "DURATION"
-    )]
-    pub backoff_start: String,
-    /// Multiplier per failure (a number >= 1, fractions allowed).
-    #[arg(
-        long,
-        env = "AGENT_BACKOFF_FACTOR",
-        default_value = "2",
-        value_name = "FACTOR"
-    )]
-    pub backoff_factor: String,
-    /// Backoff cap.
-    #[arg(
-        long,
-        env = "AGENT_BACKOFF_MAX",
-        default_value = "300s",
-        value_name = "DURATION"
-    )]
-    pub backoff_max: String,
-    /// Fraction 0..1 of each backoff that is randomised (0 = exact sequence).
-    #[arg(
-        long,
-        env = "AGENT_BACKOFF_JITTER",
-        default_value = "0",
-        value_name = "FRACTION"
-    )]
-    pub backoff_jitter: String,
-    /// Sleep after a run that exited 0.
-    #[arg(
-        long,
-        env = "AGENT_IDLE_SLEEP",
-        default_value = "2s",
-        value_name = "DURATION"
-    )]
-    pub idle_sleep: String,
-    /// Exit code that means the credentials expired.
-    #[arg(
-        long,
-        env = "AGENT_AUTH_EXIT_CODE",
-        default_value = "3",
-        value_name = "CODE"
-    )]
-    pub auth_exit_code: String,
-    /// Regex; a match in any line of the run's output means the credentials expired.
-    #[arg(
-        long,
-        env = "AGENT_AUTH_PATTERN",
-        default_value = crate::config::DEFAULT_AUTH_PATTERN,
-        value_name = "REGEX"
-    )]
-    pub auth_pattern: String,
-    /// Stop the job as soon as the pattern matches, instead of after it exits.
-    #[arg(long, env = "AGENT_AUTH_KILL", default_value = "false", value_name = "BOOL",
-          num_args = 0..=1, default_missing_value = "true")]
-    pub auth_kill: String,
-    /// A run longer than this is stopped and counts as a failure; 0 = none.
-    #[arg(
-        long,
-        env = "AGENT_JOB_TIMEOUT",
-        default_value = "0",
-        value_name = "DURATION"
-    )]
-    pub job_timeout: String,
-    /// Between SIGTERM and SIGKILL when jobloop stops a job (timeout, auth kill).
-    #[arg(
-        long,
-        env = "AGENT_KILL_GRACE",
-        default_value = "10s",
-        value_name = "DURATION"
-    )]
-    pub kill_grace: String,
-    /// On jobloop's own shutdown: between SIGTERM to the job and SIGKILL.
-    #[arg(
-        long,
-        env = "AGENT_SHUTDOWN_GRACE",
-        default_value = "25s",
-        value_name = "DURATION"
-    )]
-    pub shutdown_grace: String,
-    /// Shell command run once before the loop; non-zero = preflight failed.
-    #[arg(
-        long = "preflight",
-        env = "AGENT_PREFLIGHT_CMD",
-        value_name = "COMMAND"
-    )]
-    pub preflight_cmd: Option<String>,
-    /// Longest the preflight may run.
-    #[arg(
-        long,
-        env = "AGENT_PREFLIGHT_TIMEOUT",
-        default_value = "60s",
-        value_name = "DURATION"
-    )]
-    pub preflight_timeout: String,
-    /// While halted, re-run the preflight this often and resume when it passes; 0 = off.
-    #[arg(
-        long,
-        env = "AGENT_RECOVER_INTERVAL",
-        default_value = "0",
-        value_name = "DURATION"
-    )]
-    pub recover_interval: String,
-    /// Run logs go to `runs/` below it.
-    #[arg(
-        long,
-        env = "AGENT_LOG_DIR",
-        default_value = "./jobloop-data/logs",
-        value_name = "DIR"
-    )]
-    pub log_dir: String,
-    /// state.json and the marker files.
-    #[arg(
-        long,
-        env = "AGENT_STATE_DIR",
-        default_value = "./jobloop-data/state",
-        value_name = "DIR"
-    )]
-    pub state_dir: String,
-    /// Run logs kept, newest first; 0 = no count limit.
-    #[arg(long, env = "AGENT_LOG_KEEP", default_value = "1000", value_name = "N")]
-    pub log_keep: String,
-    /// Older run logs are deleted; 0 = no age limit.
-    #[arg(
-        long,
-        env = "AGENT_LOG_MAX_AGE",
-        default_value = "14d",
-        value_name = "DURATION"
-    )]
-    pub log_max_age: String,
-    /// Total size of `runs/`, oldest deleted first; 0 = no limit.
-    #[arg(
-        long,
-        env = "AGENT_LOG_MAX_BYTES",
-        default_value = "1GiB",
-        value_name = "SIZE"
-    )]
-    pub log_max_bytes: String,
-    /// Per run: output past it is read, scanned and counted but not written; 0 = no limit.
-    #[arg(
-        long,
-        env = "AGENT_RUN_LOG_MAX_BYTES",
-        default_value = "100MiB",
-        value_name = "SIZE"
-    )]
-    pub run_log_max_bytes: String,
-    /// Shell command run at start and after each iteration (the seed's rotate-logs.sh).
-    #[arg(long, env = "AGENT_ROTATE_CMD", value_name = "COMMAND")]
-    pub rotate_cmd: Option<String>,
-    /// Shell command run after the rotate command (the seed's log-cleanup.sh).
-    #[arg(long, env = "AGENT_CLEANUP_CMD", value_name = "COMMAND")]
-    pub cleanup_cmd: Option<String>,
-    /// Longest a rotate or cleanup command may run.
-    #[arg(
-        long,
-        env = "AGENT_HOOK_TIMEOUT",
-        default_value = "60s",
-        value_name = "DURATION"
-    )]
-    pub hook_timeout: String,
-    /// Address of the HTTP server (metrics, health, probes).
-    #[arg(
-        long,
-        env = "AGENT_LISTEN",
-        default_value = "0.0.0.0:9464",
-        value_name = "ADDR"
-    )]
-    pub listen: String,
-    /// Bearer token that `POST /resume` requires; without it /resume answers 403.
-    #[arg(
-        long,
-        env = "AGENT_ADMIN_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub admin_token: Option<String>,
-    /// File holding the admin token (a mounted Secret); used when no token is given.
-    #[arg(long, env = "AGENT_ADMIN_TOKEN_FILE", value_name = "FILE")]
-    pub admin_token_file: Option<String>,
-    /// Daemon's own log on stderr: `text` or `json`.
-    #[arg(
-        long,
-        env = "AGENT_LOG_FORMAT",
-        default_value = "text",
-        value_name = "FORMAT"
-    )]
-    pub log_format: String,
-    /// Tracing filter for the daemon's own log (`info`, `jobloop=debug`, ...).
-    #[arg(
-        long,
-        env = "AGENT_LOG_LEVEL",
-        default_value = "info",
-        value_name = "FILTER"
-    )]
-    pub log_level: String,
-    /// The job: a program and its arguments, after `--`.
-    #[arg(last = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
+    /// One raw value per settings row, and the job's command.
+    pub raw: RawSettings,
+}
+
+/// clap id of the job's command (the words after `--`).
+const COMMAND_ID: &str = "command";
+
+/// The clap argument of one settings row.
+fn arg_of(row: &'static Setting) -> Arg {
+    let long = row.flag.trim_start_matches('-');
+    let mut arg = Arg::new(long)
+        .long(long)
+        .env(row.variable)
+        .value_name(row.value_name)
+        .help(sentence(row.help))
+        .action(ArgAction::Set);
+    if let Some(default) = row.default {
+        arg = arg.default_value(default);
+    }
+    match row.form {
+        // A bare `--auth-kill` means true.
+        Form::Bool => arg = arg.num_args(0..=1).default_missing_value("true"),
+        // Secrets and commands (whose arguments may carry credentials) are
+        // not echoed by `--help` from the environment.
+        Form::Secret | Form::Command => arg = arg.hide_env_values(true),
+        _ => {}
+    }
+    arg
+}
+
+/// A help line as `--help` shows it: starting with a capital, unless it
+/// starts with a name (`state.json`).
+fn sentence(help: &str) -> String {
+    let first_word = help.split_whitespace().next().unwrap_or_default();
+    let mut chars = help.chars();
+    match chars.next() {
+        Some(first) if first.is_ascii_lowercase() && !first_word.contains('.') => {
+            first.to_ascii_uppercase().to_string() + chars.as_str()
+        }
+        _ => help.to_string(),
+    }
+}
+
+impl Args for RunArgs {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        SETTINGS
+            .iter()
+            .fold(command, |command, row| command.arg(arg_of(row)))
+            .arg(
+                Arg::new(COMMAND_ID)
+                    .last(true)
+                    .num_args(1..)
+                    .action(ArgAction::Append)
+                    .value_name("COMMAND")
+                    .help("The job: a program and its arguments, after `--`"),
+            )
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        RunArgs::augment_args(command)
+    }
+}
+
+impl FromArgMatches for RunArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<RunArgs, clap::Error> {
+        let mut raw = RawSettings::default();
+        for row in SETTINGS {
+            let id = row.flag.trim_start_matches('-');
+            if let Some(value) = matches.get_one::<String>(id) {
+                raw.set(row.variable, value.clone());
+            }
+        }
+        raw.command = matches
+            .get_many::<String>(COMMAND_ID)
+            .map(|words| words.cloned().collect())
+            .unwrap_or_default();
+        Ok(RunArgs { raw })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = RunArgs::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let mut all = vec!["jobloop", "run"];
+        all.extend_from_slice(argv);
+        match Cli::try_parse_from(all)
+            .expect("clap accepts the flags")
+            .command
+        {
+            CliCommand::Run(args) => args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_row_is_a_flag_with_its_variable_and_default() {
+        let command = Cli::command_for_tests();
+        let run = command.find_subcommand("run").expect("run");
+        for row in SETTINGS {
+            let id = row.flag.trim_start_matches('-');
+            let arg = run
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .expect(row.variable);
+            assert_eq!(arg.get_long(), Some(id));
+            assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(row.variable));
+            let defaults: Vec<_> = arg.get_default_values().iter().collect();
+            assert_eq!(defaults.len(), usize::from(row.default.is_some()), "{id}");
+        }
+    }
+
+    #[test]
+    fn flags_reach_the_settings_and_the_command_follows_the_double_dash() {
+        let args = run_args(&[
+            "--idle-sleep",
+            "3s",
+            "--max-failures=4",
+            "--auth-kill",
+            "--",
+            "/bin/job",
+            "--not-a-flag",
+        ]);
+        assert_eq!(args.raw.get("AGENT_IDLE_SLEEP"), Some("3s"));
+        assert_eq!(args.raw.get("AGENT_AUTH_KILL"), Some("true"));
+        assert_eq!(args.raw.get("AGENT_BACKOFF_START"), Some("5s"));
+        assert_eq!(args.raw.get("AGENT_PREFLIGHT_CMD"), None);
+        assert_eq!(args.raw.command, ["/bin/job", "--not-a-flag"]);
+        let settings = Settings::from_raw(&args.raw, |_| None).expect("valid");
+        assert_eq!(settings.max_failures, 4);
+        assert!(settings.auth_kill);
+    }
+
+    #[test]
+    fn the_defaults_through_clap_are_the_table_defaults() {
+        let args = run_args(&["--", "true"]);
+        let mut expected = RawSettings::defaults();
+        expected.command = vec!["true".into()];
+        assert_eq!(args.raw, expected);
+    }
+
+    #[test]
+    fn status_takes_url_without_a_state_dir_conflict() {
+        let cli = Cli::try_parse_from(["jobloop", "status", "--url", "http://127.0.0.1:1"])
+            .expect("status --url parses");
+        assert!(matches!(
+            cli.command,
+            CliCommand::Status(StatusArgs { url: Some(_), .. })
+        ));
+        // Both flags at once are still a usage error.
+        let both = [
+            "jobloop",
+            "status",
+            "--url",
+            "http://h",
+            "--state-dir",
+            "/x",
+        ];
+        assert!(Cli::try_parse_from(both).is_err());
+    }
+
+    #[test]
+    fn help_lines_start_with_a_capital_unless_they_start_with_a_name() {
+        assert_eq!(sentence("first backoff"), "First backoff");
+        assert_eq!(sentence("state.json and markers"), "state.json and markers");
+        assert_eq!(sentence("SIGTERM → SIGKILL"), "SIGTERM → SIGKILL");
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
 }

@@ -1,12 +1,21 @@
-//! Typed, cross-checked settings built from the raw command line.
+//! Typed, cross-checked settings built from the raw values.
 //!
-//! `cli` hands over strings exactly as the user gave them (flag, variable or
-//! default); this module turns them into [`Settings`] and reports every bad
-//! value as one line naming the variable, the flag, the value and what is
-//! allowed (SPEC §1). Nothing is started or written before this succeeds.
+//! The settings themselves are listed once, in [`table::SETTINGS`]; `cli`
+//! builds its flags from that table and hands over [`RawSettings`], the
+//! strings exactly as the user gave them (flag, variable or default). This
+//! module turns them into [`Settings`] and reports every bad value as one
+//! line naming the variable, the flag, the value and what is allowed
+//! (SPEC §1). Nothing is started or written before this succeeds, and every
+//! value accepted here is one the daemon can run with (no duration so long
+//! that adding it to a clock overflows, no timeout of 0).
+//!
+//! This module is a leaf: it imports only value types of other leaf
+//! modules, never `cli`.
 
+pub mod table;
 pub mod units;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,13 +24,15 @@ use std::time::Duration;
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::backoff::BackoffPolicy;
-use crate::cli::RunArgs;
 use crate::runlog::RetentionPolicy;
-use units::{format_duration, format_size, parse_duration, parse_size, DURATION_FORM, SIZE_FORM};
+pub use table::DEFAULT_AUTH_PATTERN;
+use table::{setting, Form, SETTINGS};
+use units::{format_duration, parse_duration, parse_size, DURATION_FORM, SIZE_FORM};
 
-/// The seed's pattern, made case-insensitive (BASELINE Q3).
-pub const DEFAULT_AUTH_PATTERN: &str =
-    r"(?i)(invalid_api_key|authentication.*failed|401.*unauthor|OAuth.*expired)";
+/// What a timeout setting accepts, for error messages: 0 would stop the
+/// command before it could do anything.
+pub const TIMEOUT_FORM: &str = "a duration > 0 and up to 100 years \
+                                (a timeout of 0 would stop the command at once)";
 
 /// Format of the daemon's own log lines on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +109,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Bearer token for `POST /resume`.
     pub admin_token: Option<String>,
+    /// File the admin token was read from, when it came from one.
+    pub admin_token_file: Option<PathBuf>,
     /// Format of the daemon's own log.
     pub log_format: LogFormat,
     /// Filter of the daemon's own log, already checked to parse.
@@ -138,12 +151,53 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The settings as given, before any check: one raw value per row of
+/// [`table::SETTINGS`] (from the flag, the variable or the default, as
+/// `cli` resolved them) and the job's command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawSettings {
+    /// Raw value by variable name; a row without a value is unset.
+    values: BTreeMap<&'static str, String>,
+    /// The job: program and arguments, as given after `--`.
+    pub command: Vec<String>,
+}
+
+impl RawSettings {
+    /// Every row at its default, and no command.
+    pub fn defaults() -> RawSettings {
+        let values = SETTINGS
+            .iter()
+            .filter_map(|row| Some((row.variable, row.default?.to_string())))
+            .collect();
+        RawSettings {
+            values,
+            command: Vec::new(),
+        }
+    }
+
+    /// Sets the raw value of the row of `variable`.
+    ///
+    /// # Panics
+    ///
+    /// When `variable` is not a row of [`table::SETTINGS`].
+    pub fn set(&mut self, variable: &str, value: impl Into<String>) -> &mut RawSettings {
+        self.values.insert(setting(variable).variable, value.into());
+        self
+    }
+
+    /// The raw value of the row of `variable`, if it has one.
+    pub fn get(&self, variable: &str) -> Option<&str> {
+        self.values.get(variable).map(String::as_str)
+    }
+}
+
 /// Collects errors while each setting is parsed, so all are reported at once.
-struct Checker {
+struct Checker<'a> {
+    raw: &'a RawSettings,
     errors: Vec<ConfigError>,
 }
 
-impl Checker {
+impl<'a> Checker<'a> {
     fn fail(&mut self, variable: &'static str, flag: &'static str, value: &str, allowed: &str) {
         self.errors.push(ConfigError {
             variable,
@@ -153,39 +207,99 @@ impl Checker {
         });
     }
 
-    fn duration(&mut self, variable: &'static str, flag: &'static str, raw: &str) -> Duration {
-        parse_duration(raw).unwrap_or_else(|| {
-            self.fail(variable, flag, raw, DURATION_FORM);
-            Duration::ZERO
-        })
+    /// Records that the row of `variable` has a bad value.
+    fn reject(&mut self, variable: &str, allowed: &str) {
+        let row = setting(variable);
+        let value = self.text(variable).to_string();
+        self.errors.push(ConfigError {
+            variable: row.variable,
+            flag: row.flag,
+            value,
+            allowed: allowed.to_string(),
+        });
     }
 
-    fn size(&mut self, variable: &'static str, flag: &'static str, raw: &str) -> u64 {
+    /// The raw value of a row, or "" when unset.
+    fn text(&self, variable: &str) -> &'a str {
+        self.raw.get(variable).unwrap_or_default()
+    }
+
+    /// The raw value of a row; unset or empty = `None`.
+    fn optional(&self, variable: &str) -> Option<&'a str> {
+        self.raw.get(variable).filter(|value| !value.is_empty())
+    }
+
+    /// A duration row, checked by its [`Form`]: at most 100 years, and more
+    /// than 0 for a timeout.
+    fn duration(&mut self, variable: &str) -> Duration {
+        let raw = self.text(variable);
+        let Some(duration) = parse_duration(raw) else {
+            self.reject(variable, DURATION_FORM);
+            return Duration::ZERO;
+        };
+        if setting(variable).form == Form::Timeout && duration.is_zero() {
+            self.reject(variable, TIMEOUT_FORM);
+        }
+        duration
+    }
+
+    /// A duration row where 0 turns the feature off.
+    fn duration_or_off(&mut self, variable: &str) -> Option<Duration> {
+        Some(self.duration(variable)).filter(|duration| !duration.is_zero())
+    }
+
+    fn size(&mut self, variable: &str) -> u64 {
+        let raw = self.text(variable);
         parse_size(raw).unwrap_or_else(|| {
-            self.fail(variable, flag, raw, SIZE_FORM);
+            self.reject(variable, SIZE_FORM);
             0
         })
     }
 
-    fn count(&mut self, variable: &'static str, flag: &'static str, raw: &str) -> u32 {
+    fn count(&mut self, variable: &str) -> u32 {
+        let raw = self.text(variable);
         raw.trim().parse().unwrap_or_else(|_| {
-            self.fail(variable, flag, raw, "a whole number ≥ 0");
+            self.reject(variable, "a whole number ≥ 0");
             0
         })
     }
 
-    fn command(
-        &mut self,
-        variable: &'static str,
-        flag: &'static str,
-        raw: Option<String>,
-    ) -> Option<String> {
-        match raw {
+    fn number(&mut self, variable: &str, valid: impl Fn(f64) -> bool, allowed: &str) -> f64 {
+        match self.text(variable).trim().parse::<f64>() {
+            Ok(value) if valid(value) => value,
+            _ => {
+                self.reject(variable, allowed);
+                f64::NAN
+            }
+        }
+    }
+
+    /// A [`Form::Choice`] row: the word given (trimmed), or `None` after
+    /// reporting a word that is not one of the row's.
+    fn choice(&mut self, variable: &str) -> Option<&'static str> {
+        let Form::Choice(words) = setting(variable).form else {
+            self.reject(variable, "(jobloop bug: this setting is not a choice)");
+            return None;
+        };
+        let given = self.text(variable).trim();
+        let found = words.iter().copied().find(|word| *word == given);
+        if found.is_none() {
+            let allowed = match words {
+                [one, two] => format!("{one} or {two}"),
+                _ => format!("one of {}", words.join(", ")),
+            };
+            self.reject(variable, &allowed);
+        }
+        found
+    }
+
+    fn command(&mut self, variable: &str) -> Option<String> {
+        match self.raw.get(variable) {
             Some(text) if text.trim().is_empty() => {
-                self.fail(variable, flag, &text, "a shell command, or leave it unset");
+                self.reject(variable, "a shell command, or leave it unset");
                 None
             }
-            other => other,
+            other => other.map(str::to_string),
         }
     }
 }
@@ -279,84 +393,64 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Settings {
-    /// Validates the raw arguments (and the `OTEL_*` variables read through
+    /// Validates the raw values (and the `OTEL_*` variables read through
     /// `lookup`) into settings.
     ///
     /// # Errors
     ///
     /// Every bad value, one [`ConfigError`] each.
-    pub fn from_args(
-        args: &RunArgs,
+    pub fn from_raw(
+        raw: &RawSettings,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigErrors> {
-        let mut check = Checker { errors: Vec::new() };
+        let mut check = Checker {
+            raw,
+            errors: Vec::new(),
+        };
         let c = &mut check;
 
-        let max_failures = c.count("AGENT_MAX_FAILURES", "--max-failures", &args.max_failures);
-        let start = c.duration(
-            "AGENT_BACKOFF_START",
-            "--backoff-start",
-            &args.backoff_start,
+        let max_failures = c.count("AGENT_MAX_FAILURES");
+        let start = c.duration("AGENT_BACKOFF_START");
+        let max = c.duration("AGENT_BACKOFF_MAX");
+        let factor = c.number(
+            "AGENT_BACKOFF_FACTOR",
+            |value| value.is_finite() && value >= 1.0,
+            "a number ≥ 1 (fractions allowed, e.g. 1.5)",
         );
-        let max = c.duration("AGENT_BACKOFF_MAX", "--backoff-max", &args.backoff_max);
-        let factor = match args.backoff_factor.trim().parse::<f64>() {
-            Ok(value) if value.is_finite() && value >= 1.0 => value,
-            _ => {
-                c.fail(
-                    "AGENT_BACKOFF_FACTOR",
-                    "--backoff-factor",
-                    &args.backoff_factor,
-                    "a number ≥ 1 (fractions allowed, e.g. 1.5)",
-                );
-                1.0
-            }
-        };
-        let jitter = match args.backoff_jitter.trim().parse::<f64>() {
-            Ok(value) if (0.0..=1.0).contains(&value) => value,
-            _ => {
-                c.fail(
-                    "AGENT_BACKOFF_JITTER",
-                    "--backoff-jitter",
-                    &args.backoff_jitter,
-                    "a fraction from 0 to 1",
-                );
-                0.0
-            }
-        };
-        if parse_duration(&args.backoff_start).is_some()
-            && parse_duration(&args.backoff_max).is_some()
+        let jitter = c.number(
+            "AGENT_BACKOFF_JITTER",
+            |value| (0.0..=1.0).contains(&value),
+            "a fraction from 0 to 1",
+        );
+        if parse_duration(c.text("AGENT_BACKOFF_START")).is_some()
+            && parse_duration(c.text("AGENT_BACKOFF_MAX")).is_some()
             && max < start
         {
-            c.fail(
+            c.reject(
                 "AGENT_BACKOFF_MAX",
-                "--backoff-max",
-                &args.backoff_max,
                 &format!(
                     "a duration ≥ AGENT_BACKOFF_START ({})",
                     format_duration(start)
                 ),
             );
         }
-        let idle_sleep = c.duration("AGENT_IDLE_SLEEP", "--idle-sleep", &args.idle_sleep);
-        let auth_exit_code = match args.auth_exit_code.trim().parse::<i32>() {
+        let idle_sleep = c.duration("AGENT_IDLE_SLEEP");
+        let auth_exit_code = match c.text("AGENT_AUTH_EXIT_CODE").trim().parse::<i32>() {
             Ok(code) if (1..=255).contains(&code) => code,
             _ => {
-                c.fail(
+                c.reject(
                     "AGENT_AUTH_EXIT_CODE",
-                    "--auth-exit-code",
-                    &args.auth_exit_code,
                     "an exit code from 1 to 255 (0 means success)",
                 );
                 3
             }
         };
-        let auth_pattern = match build_auth_pattern(&args.auth_pattern) {
-            Ok(regex) if !args.auth_pattern.is_empty() && !regex.is_match(b"") => Some(regex),
+        let pattern = c.text("AGENT_AUTH_PATTERN");
+        let auth_pattern = match build_auth_pattern(pattern) {
+            Ok(regex) if !pattern.is_empty() && !regex.is_match(b"") => Some(regex),
             Ok(_) => {
-                c.fail(
+                c.reject(
                     "AGENT_AUTH_PATTERN",
-                    "--auth-pattern",
-                    &args.auth_pattern,
                     "a regex that does not match an empty line",
                 );
                 None
@@ -364,10 +458,8 @@ impl Settings {
             Err(error) => {
                 let why = error.to_string();
                 let last = why.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-                c.fail(
+                c.reject(
                     "AGENT_AUTH_PATTERN",
-                    "--auth-pattern",
-                    &args.auth_pattern,
                     &format!(
                         "a valid regex ({})",
                         last.trim().trim_start_matches("error: ")
@@ -376,105 +468,62 @@ impl Settings {
                 None
             }
         };
-        let auth_kill = parse_bool(&args.auth_kill).unwrap_or_else(|| {
-            c.fail(
-                "AGENT_AUTH_KILL",
-                "--auth-kill",
-                &args.auth_kill,
-                "true or false",
-            );
+        let auth_kill = parse_bool(c.text("AGENT_AUTH_KILL")).unwrap_or_else(|| {
+            c.reject("AGENT_AUTH_KILL", "true or false");
             false
         });
-        let job_timeout = c.duration("AGENT_JOB_TIMEOUT", "--job-timeout", &args.job_timeout);
-        let kill_grace = c.duration("AGENT_KILL_GRACE", "--kill-grace", &args.kill_grace);
-        let shutdown_grace = c.duration(
-            "AGENT_SHUTDOWN_GRACE",
-            "--shutdown-grace",
-            &args.shutdown_grace,
-        );
-        let preflight_cmd = c.command(
-            "AGENT_PREFLIGHT_CMD",
-            "--preflight",
-            args.preflight_cmd.clone(),
-        );
-        let preflight_timeout = c.duration(
-            "AGENT_PREFLIGHT_TIMEOUT",
-            "--preflight-timeout",
-            &args.preflight_timeout,
-        );
-        if parse_duration(&args.preflight_timeout) == Some(Duration::ZERO) {
-            c.fail(
-                "AGENT_PREFLIGHT_TIMEOUT",
-                "--preflight-timeout",
-                &args.preflight_timeout,
-                "a duration > 0",
+        let job_timeout = c.duration_or_off("AGENT_JOB_TIMEOUT");
+        let kill_grace = c.duration("AGENT_KILL_GRACE");
+        let shutdown_grace = c.duration("AGENT_SHUTDOWN_GRACE");
+        let preflight_cmd = c.command("AGENT_PREFLIGHT_CMD");
+        let preflight_timeout = c.duration("AGENT_PREFLIGHT_TIMEOUT");
+        let recover_interval = c.duration_or_off("AGENT_RECOVER_INTERVAL");
+        let log_dir = non_empty_path(c, "AGENT_LOG_DIR");
+        let state_dir = non_empty_path(c, "AGENT_STATE_DIR");
+        let keep = c.count("AGENT_LOG_KEEP");
+        let max_age = c.duration_or_off("AGENT_LOG_MAX_AGE");
+        let max_bytes = c.size("AGENT_LOG_MAX_BYTES");
+        let run_log_max_bytes = c.size("AGENT_RUN_LOG_MAX_BYTES");
+        let rotate_cmd = c.command("AGENT_ROTATE_CMD");
+        let cleanup_cmd = c.command("AGENT_CLEANUP_CMD");
+        let hook_timeout = c.duration("AGENT_HOOK_TIMEOUT");
+        let listen = parse_listen(c.text("AGENT_LISTEN")).unwrap_or_else(|| {
+            c.reject(
+                "AGENT_LISTEN",
+                "an address HOST:PORT with an IP (0.0.0.0:9464, 127.0.0.1:9464, [::]:9464) or :PORT",
             );
-        }
-        let recover_interval = c.duration(
-            "AGENT_RECOVER_INTERVAL",
-            "--recover-interval",
-            &args.recover_interval,
-        );
-        let log_dir = non_empty_path(c, "AGENT_LOG_DIR", "--log-dir", &args.log_dir);
-        let state_dir = non_empty_path(c, "AGENT_STATE_DIR", "--state-dir", &args.state_dir);
-        let keep = c.count("AGENT_LOG_KEEP", "--log-keep", &args.log_keep);
-        let max_age = c.duration("AGENT_LOG_MAX_AGE", "--log-max-age", &args.log_max_age);
-        let max_bytes = c.size(
-            "AGENT_LOG_MAX_BYTES",
-            "--log-max-bytes",
-            &args.log_max_bytes,
-        );
-        let run_log_max_bytes = c.size(
-            "AGENT_RUN_LOG_MAX_BYTES",
-            "--run-log-max-bytes",
-            &args.run_log_max_bytes,
-        );
-        let rotate_cmd = c.command("AGENT_ROTATE_CMD", "--rotate-cmd", args.rotate_cmd.clone());
-        let cleanup_cmd = c.command(
-            "AGENT_CLEANUP_CMD",
-            "--cleanup-cmd",
-            args.cleanup_cmd.clone(),
-        );
-        let hook_timeout = c.duration("AGENT_HOOK_TIMEOUT", "--hook-timeout", &args.hook_timeout);
-        let listen = parse_listen(&args.listen).unwrap_or_else(|| {
-            c.fail("AGENT_LISTEN", "--listen", &args.listen,
-                   "an address HOST:PORT with an IP (0.0.0.0:9464, 127.0.0.1:9464, [::]:9464) or :PORT");
             SocketAddr::from(([0, 0, 0, 0], 9464))
         });
-        let admin_token = admin_token(c, args);
-        let log_format = match args.log_format.trim() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                c.fail("AGENT_LOG_FORMAT", "--log-format", other, "text or json");
-                LogFormat::Text
-            }
+        let admin_token_file = c.optional("AGENT_ADMIN_TOKEN_FILE").map(PathBuf::from);
+        let admin_token = admin_token(c);
+        let log_format = match c.choice("AGENT_LOG_FORMAT") {
+            Some("json") => LogFormat::Json,
+            _ => LogFormat::Text,
         };
-        if tracing_subscriber::EnvFilter::try_new(&args.log_level).is_err()
-            || args.log_level.trim().is_empty()
+        let log_level = c.text("AGENT_LOG_LEVEL");
+        if tracing_subscriber::EnvFilter::try_new(log_level).is_err() || log_level.trim().is_empty()
         {
-            c.fail(
+            c.reject(
                 "AGENT_LOG_LEVEL",
-                "--log-level",
-                &args.log_level,
                 "a tracing filter such as info, warn or jobloop=debug",
             );
         }
-        if args.command.is_empty() || args.command[0].is_empty() {
+        let command = &raw.command;
+        if command.first().is_none_or(String::is_empty) {
             c.fail(
                 "COMMAND",
                 "after --",
-                &args.command.join(" "),
+                &command.join(" "),
                 "a program to run, e.g. jobloop run -- /opt/agent/bin/run-one-job.sh",
             );
         }
         let otlp = otlp_from_env(lookup, &mut c.errors);
 
-        if !check.errors.is_empty() {
+        let (Some(auth_pattern), true) = (auth_pattern, check.errors.is_empty()) else {
             return Err(ConfigErrors(check.errors));
-        }
+        };
         Ok(Settings {
-            command: args.command.clone(),
+            command: command.clone(),
             max_failures,
             backoff: BackoffPolicy {
                 start,
@@ -484,19 +533,19 @@ impl Settings {
             },
             idle_sleep,
             auth_exit_code,
-            auth_pattern: auth_pattern.expect("an invalid pattern was reported as an error"),
+            auth_pattern,
             auth_kill,
-            job_timeout: (!job_timeout.is_zero()).then_some(job_timeout),
+            job_timeout,
             kill_grace,
             shutdown_grace,
             preflight_cmd,
             preflight_timeout,
-            recover_interval: (!recover_interval.is_zero()).then_some(recover_interval),
+            recover_interval,
             log_dir,
             state_dir,
             retention: RetentionPolicy {
                 keep: keep as usize,
-                max_age: (!max_age.is_zero()).then_some(max_age),
+                max_age,
                 max_bytes,
             },
             run_log_max_bytes,
@@ -505,122 +554,75 @@ impl Settings {
             hook_timeout,
             listen,
             admin_token,
+            admin_token_file,
             log_format,
-            log_level: args.log_level.clone(),
+            log_level: log_level.to_string(),
             otlp,
         })
     }
 
-    /// The effective settings as `VARIABLE=value` lines, secrets redacted,
-    /// for `jobloop check`.
+    /// The effective settings as `VARIABLE=value` lines for `jobloop
+    /// check`: every row of [`table::SETTINGS`] as its row describes it
+    /// (secrets hidden, commands shown as their program and number of
+    /// arguments), then the OTLP export and the job's command.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
-        let duration = |d: Duration| format_duration(d);
-        let optional = |d: Option<Duration>| d.map_or_else(|| "0".to_string(), format_duration);
-        let text = |s: &Option<String>| s.clone().unwrap_or_default();
-        vec![
-            ("AGENT_MAX_FAILURES", self.max_failures.to_string()),
-            ("AGENT_BACKOFF_START", duration(self.backoff.start)),
-            ("AGENT_BACKOFF_FACTOR", self.backoff.factor.to_string()),
-            ("AGENT_BACKOFF_MAX", duration(self.backoff.max)),
-            ("AGENT_BACKOFF_JITTER", self.backoff.jitter.to_string()),
-            ("AGENT_IDLE_SLEEP", duration(self.idle_sleep)),
-            ("AGENT_AUTH_EXIT_CODE", self.auth_exit_code.to_string()),
-            ("AGENT_AUTH_PATTERN", self.auth_pattern.as_str().to_string()),
-            ("AGENT_AUTH_KILL", self.auth_kill.to_string()),
-            ("AGENT_JOB_TIMEOUT", optional(self.job_timeout)),
-            ("AGENT_KILL_GRACE", duration(self.kill_grace)),
-            ("AGENT_SHUTDOWN_GRACE", duration(self.shutdown_grace)),
-            ("AGENT_PREFLIGHT_CMD", text(&self.preflight_cmd)),
-            ("AGENT_PREFLIGHT_TIMEOUT", duration(self.preflight_timeout)),
-            ("AGENT_RECOVER_INTERVAL", optional(self.recover_interval)),
-            ("AGENT_LOG_DIR", self.log_dir.display().to_string()),
-            ("AGENT_STATE_DIR", self.state_dir.display().to_string()),
-            ("AGENT_LOG_KEEP", self.retention.keep.to_string()),
-            ("AGENT_LOG_MAX_AGE", optional(self.retention.max_age)),
-            ("AGENT_LOG_MAX_BYTES", format_size(self.retention.max_bytes)),
-            (
-                "AGENT_RUN_LOG_MAX_BYTES",
-                format_size(self.run_log_max_bytes),
+        let mut lines: Vec<(&'static str, String)> = SETTINGS
+            .iter()
+            .map(|row| (row.variable, (row.describe)(self)))
+            .collect();
+        lines.push((
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            self.otlp
+                .endpoint
+                .as_deref()
+                .map(redact_url)
+                .unwrap_or_default(),
+        ));
+        lines.push((
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            match self.otlp.protocol {
+                OtlpProtocol::Grpc => "grpc".into(),
+                OtlpProtocol::HttpProtobuf => "http/protobuf".into(),
+            },
+        ));
+        // Arguments may carry credentials: the program and their number.
+        lines.push((
+            "COMMAND",
+            format!(
+                "{} ({} arguments)",
+                self.command.first().map_or("", String::as_str),
+                self.command.len().saturating_sub(1)
             ),
-            ("AGENT_ROTATE_CMD", text(&self.rotate_cmd)),
-            ("AGENT_CLEANUP_CMD", text(&self.cleanup_cmd)),
-            ("AGENT_HOOK_TIMEOUT", duration(self.hook_timeout)),
-            ("AGENT_LISTEN", self.listen.to_string()),
-            (
-                "AGENT_ADMIN_TOKEN",
-                if self.admin_token.is_some() {
-                    "(set, hidden)".into()
-                } else {
-                    String::new()
-                },
-            ),
-            (
-                "AGENT_LOG_FORMAT",
-                if self.log_format == LogFormat::Json {
-                    "json".into()
-                } else {
-                    "text".into()
-                },
-            ),
-            ("AGENT_LOG_LEVEL", self.log_level.clone()),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                self.otlp
-                    .endpoint
-                    .as_deref()
-                    .map(redact_url)
-                    .unwrap_or_default(),
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                if self.otlp.protocol == OtlpProtocol::Grpc {
-                    "grpc".into()
-                } else {
-                    "http/protobuf".into()
-                },
-            ),
-            // Arguments may carry credentials: the program and their number.
-            (
-                "COMMAND",
-                format!("{} ({} arguments)", self.command[0], self.command.len() - 1),
-            ),
-        ]
+        ));
+        lines
     }
 }
 
-fn non_empty_path(
-    c: &mut Checker,
-    variable: &'static str,
-    flag: &'static str,
-    raw: &str,
-) -> PathBuf {
+fn non_empty_path(c: &mut Checker, variable: &str) -> PathBuf {
+    let raw = c.text(variable);
     if raw.trim().is_empty() {
-        c.fail(variable, flag, raw, "a directory path");
+        c.reject(variable, "a directory path");
     }
     PathBuf::from(raw)
 }
 
-fn admin_token(c: &mut Checker, args: &RunArgs) -> Option<String> {
-    if let Some(token) = args.admin_token.as_deref().filter(|t| !t.is_empty()) {
+fn admin_token(c: &mut Checker) -> Option<String> {
+    if let Some(token) = c.optional("AGENT_ADMIN_TOKEN") {
         return Some(token.to_string());
     }
-    let path = args.admin_token_file.as_deref().filter(|p| !p.is_empty())?;
+    let path = c.optional("AGENT_ADMIN_TOKEN_FILE")?;
     match std::fs::read_to_string(path) {
         Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
         Ok(_) => {
-            c.fail(
+            c.reject(
                 "AGENT_ADMIN_TOKEN_FILE",
-                "--admin-token-file",
-                path,
                 "a file holding the token (it is empty)",
             );
             None
         }
         Err(error) => {
-            c.fail(
+            c.reject(
                 "AGENT_ADMIN_TOKEN_FILE",
-                "--admin-token-file",
-                path,
                 &format!("a readable file holding the token ({error})"),
             );
             None
@@ -631,16 +633,134 @@ fn admin_token(c: &mut Checker, args: &RunArgs) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
+    /// Parses flags the way `cli` hands them over: `--flag value` or
+    /// `--flag=value` (looked up in the table), then `--` and the command.
     fn parse(extra: &[&str]) -> Result<Settings, ConfigErrors> {
-        let mut argv = vec!["jobloop", "run"];
-        argv.extend_from_slice(extra);
-        let cli = crate::cli::Cli::try_parse_from(argv).expect("clap accepts the flags");
-        let crate::cli::CliCommand::Run(args) = cli.command else {
-            unreachable!()
+        let mut raw = RawSettings::defaults();
+        let mut args = extra.iter();
+        while let Some(arg) = args.next() {
+            if *arg == "--" {
+                raw.command = args.map(|a| a.to_string()).collect();
+                break;
+            }
+            let (flag, value) = match arg.split_once('=') {
+                Some((flag, value)) => (flag, value),
+                None => (*arg, *args.next().expect("a value after the flag")),
+            };
+            let row = SETTINGS.iter().find(|row| row.flag == flag).expect(flag);
+            raw.set(row.variable, value);
+        }
+        Settings::from_raw(&raw, |_| None)
+    }
+
+    /// Parses the defaults with one row set to `value`.
+    fn with(variable: &str, value: &str) -> Result<Settings, ConfigErrors> {
+        let mut raw = RawSettings::defaults();
+        raw.set(variable, value).command = vec!["true".into()];
+        Settings::from_raw(&raw, |_| None)
+    }
+
+    /// Asserts exactly one error, naming `variable`, and returns its line.
+    fn one_error(result: Result<Settings, ConfigErrors>, variable: &str) -> String {
+        let errors = result.expect_err(variable);
+        assert_eq!(errors.0.len(), 1, "{variable}: {errors}");
+        assert_eq!(errors.0[0].variable, variable, "{errors}");
+        let line = errors.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        line
+    }
+
+    #[test]
+    fn every_duration_over_100_years_is_a_bad_setting() {
+        let durations = SETTINGS.iter().filter(|row| {
+            matches!(
+                row.form,
+                Form::Duration | Form::DurationOrOff | Form::Timeout
+            )
+        });
+        let mut seen = 0;
+        for row in durations {
+            seen += 1;
+            for value in ["10000000000000000000", "101y", "36525days 1s"] {
+                let mut raw = RawSettings::defaults();
+                raw.set(row.variable, value).command = vec!["true".into()];
+                // The backoff cap must stay ≥ its start.
+                if row.variable == "AGENT_BACKOFF_START" {
+                    raw.set("AGENT_BACKOFF_MAX", "100y");
+                }
+                let line = one_error(Settings::from_raw(&raw, |_| None), row.variable);
+                assert!(line.contains(row.flag) && line.contains(value), "{line}");
+                assert!(line.contains("up to 100 years"), "{line}");
+            }
+            let mut raw = RawSettings::defaults();
+            raw.set(row.variable, "100y").command = vec!["true".into()];
+            raw.set("AGENT_BACKOFF_MAX", "100y");
+            let settings = Settings::from_raw(&raw, |_| None).expect("100 years is allowed");
+            let described = settings.describe();
+            let shown = described.iter().find(|(name, _)| *name == row.variable);
+            assert_eq!(
+                shown.map(|(_, v)| v.as_str()),
+                Some("100years"),
+                "{}",
+                row.variable
+            );
+        }
+        assert!(seen >= 10, "{seen} duration rows");
+    }
+
+    #[test]
+    fn a_timeout_of_zero_is_a_bad_setting() {
+        for variable in ["AGENT_HOOK_TIMEOUT", "AGENT_PREFLIGHT_TIMEOUT"] {
+            assert_eq!(setting(variable).form, Form::Timeout);
+            for zero in ["0", "0s", "0ms", "0.0"] {
+                let line = one_error(with(variable, zero), variable);
+                assert!(line.contains("> 0"), "{line}");
+            }
+        }
+        // Elsewhere 0 keeps its meaning: off, or at once.
+        for variable in ["AGENT_JOB_TIMEOUT", "AGENT_KILL_GRACE", "AGENT_IDLE_SLEEP"] {
+            assert!(with(variable, "0").is_ok(), "{variable}");
+        }
+    }
+
+    #[test]
+    fn check_hides_the_arguments_of_every_command() {
+        let mut raw = RawSettings::defaults();
+        raw.set("AGENT_PREFLIGHT_CMD", "/opt/check.sh --token pre-s3cret")
+            .set("AGENT_ROTATE_CMD", "rotate rot-s3cret")
+            .set("AGENT_CLEANUP_CMD", "KEY=clean-s3cret /opt/cleanup.sh")
+            .set("AGENT_ADMIN_TOKEN", "admin-s3cret")
+            .command = vec!["/opt/job".into(), "--key".into(), "job-s3cret".into()];
+        let settings = Settings::from_raw(&raw, |_| None).expect("valid");
+        let described = settings.describe();
+        let text = format!("{described:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let value = |name: &str| {
+            described
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
         };
-        Settings::from_args(&args, |_| None)
+        assert_eq!(value("AGENT_PREFLIGHT_CMD"), "/opt/check.sh (2 arguments)");
+        assert_eq!(value("AGENT_ROTATE_CMD"), "rotate (1 arguments)");
+        assert_eq!(value("AGENT_CLEANUP_CMD"), "(program hidden) (1 arguments)");
+        assert_eq!(value("AGENT_ADMIN_TOKEN"), "(set, hidden)");
+        assert_eq!(value("COMMAND"), "/opt/job (2 arguments)");
+    }
+
+    #[test]
+    fn describe_lists_every_row_then_otlp_and_the_command() {
+        let settings = parse(&["--", "true"]).expect("defaults are valid");
+        let names: Vec<&str> = settings.describe().iter().map(|(n, _)| *n).collect();
+        let mut expected: Vec<&str> = SETTINGS.iter().map(|row| row.variable).collect();
+        expected.extend([
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "COMMAND",
+        ]);
+        assert_eq!(names, expected);
     }
 
     #[test]

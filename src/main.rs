@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use jobloop::cli::{Cli, CliCommand};
+use jobloop::cli::{Cli, CliCommand, RunArgs};
 use jobloop::config::Settings;
 
 /// EX_CONFIG from sysexits.h.
@@ -13,39 +13,37 @@ const EXIT_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        CliCommand::Run(args) => {
-            match Settings::from_args(&args, |name| std::env::var(name).ok()) {
-                Ok(settings) => match jobloop::run(settings) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(error) => {
-                        eprintln!("jobloop: {error:#}");
-                        ExitCode::FAILURE
-                    }
-                },
-                Err(errors) => {
-                    for error in &errors.0 {
-                        eprintln!("jobloop: {error}");
-                    }
-                    ExitCode::from(EXIT_CONFIG)
+        CliCommand::Run(args) => match settings(&args) {
+            Ok(settings) => match jobloop::run(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("jobloop: {error:#}");
+                    ExitCode::FAILURE
                 }
+            },
+            Err(code) => code,
+        },
+        CliCommand::Check(args) => match settings(&args) {
+            Ok(settings) => {
+                for (name, value) in settings.describe() {
+                    println!("{name}={value}");
+                }
+                ExitCode::SUCCESS
             }
-        }
-        CliCommand::Check(args) => {
-            match Settings::from_args(&args, |name| std::env::var(name).ok()) {
-                Ok(settings) => {
-                    for (name, value) in settings.describe() {
-                        println!("{name}={value}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    for error in &errors.0 {
-                        eprintln!("jobloop: {error}");
-                    }
-                    ExitCode::from(EXIT_CONFIG)
-                }
-            }
-        }
+            Err(code) => code,
+        },
         CliCommand::Status(args) => jobloop::status::run(&args),
     }
+}
+
+/// Validates the settings of `run` and `check` alike (so every value
+/// `check` accepts is one `run` runs with); on bad ones prints one line
+/// each and gives exit code 78.
+fn settings(args: &RunArgs) -> Result<Settings, ExitCode> {
+    Settings::from_raw(&args.raw, |name| std::env::var(name).ok()).map_err(|errors| {
+        for error in &errors.0 {
+            eprintln!("jobloop: {error}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
 }

@@ -3,45 +3,67 @@
 //!
 //! Exit code: 0 when running and not halted, 1 when halted or stopped,
 //! 2 when no state could be read, so it can serve as a health check too.
+//!
+//! What it reads is not trusted to be well-behaved: a state file or an
+//! answer larger than [`MAX_READ`] is refused with one line, and control
+//! characters in anything printed from them are escaped, so a planted
+//! state.json or a hostile server cannot drive the terminal.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cli::StatusArgs;
+use crate::config::table::setting;
 
+/// Where `status` looks when neither flag nor AGENT_STATE_DIR is given.
 const DEFAULT_URL: &str = "http://127.0.0.1:9464";
-const DEFAULT_STATE_DIR: &str = "./jobloop-data/state";
 
-/// Runs `jobloop status`.
+/// Largest state file or HTTP answer `status` reads. state.json is about
+/// 1 KiB; anything near this is not one.
+pub const MAX_READ: u64 = 1 << 20;
+
+/// Longest a whole HTTP exchange may take, so a server that trickles its
+/// answer cannot hold `status` (or a probe using it) forever.
+const HTTP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs `jobloop status`: `--url` first, then `--state-dir`, then
+/// AGENT_STATE_DIR from the environment, then the default URL with the
+/// default state directory as the fallback.
 pub fn run(args: &StatusArgs) -> ExitCode {
-    let (state, source) = match (&args.url, &args.state_dir) {
+    let state_dir_env = std::env::var("AGENT_STATE_DIR")
+        .ok()
+        .filter(|dir| !dir.is_empty());
+    let (state, source) = match (
+        &args.url,
+        args.state_dir.as_ref().or(state_dir_env.as_ref()),
+    ) {
         (Some(url), _) => (fetch(url), format!("GET {url}/state")),
         (None, Some(dir)) => (read_file(Path::new(dir)), format!("{dir}/state.json")),
         (None, None) => match fetch(DEFAULT_URL) {
             Ok(state) => (Ok(state), format!("GET {DEFAULT_URL}/state")),
-            Err(_) => (
-                read_file(Path::new(DEFAULT_STATE_DIR)),
-                format!("{DEFAULT_STATE_DIR}/state.json"),
-            ),
+            Err(_) => {
+                let dir = setting("AGENT_STATE_DIR").default.unwrap_or(".");
+                (read_file(Path::new(dir)), format!("{dir}/state.json"))
+            }
         },
     };
     let state = match state {
         Ok(state) => state,
         Err(error) => {
-            eprintln!("jobloop status: {error}");
+            eprintln!("jobloop status: {}", escape(&error));
             return ExitCode::from(2);
         }
     };
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&state).unwrap_or_default()
+            escape_json(&serde_json::to_string_pretty(&state).unwrap_or_default())
         );
     } else {
-        print!("{}", summary(&state, &source, SystemTime::now()));
+        print!("{}", summary(&state, &escape(&source), SystemTime::now()));
     }
     match state["status"].as_str() {
         Some("unhealthy" | "token-expired" | "stopped") | None => ExitCode::from(1),
@@ -49,10 +71,81 @@ pub fn run(args: &StatusArgs) -> ExitCode {
     }
 }
 
+/// Whether `c` would be acted on by a terminal rather than shown: C0 and C1
+/// controls, DEL, and the bidirectional overrides that reorder a line.
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every unsafe character written as a Rust escape (`\u{1b}`).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_unsafe(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Pretty JSON with the unsafe characters serde_json leaves alone (DEL,
+/// C1 controls, bidi overrides) written as JSON escapes: still the same
+/// JSON, but inert on a terminal. Newlines of the layout stay.
+fn escape_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c != '\n' && is_unsafe(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads at most [`MAX_READ`] bytes of `reader`; more is an error naming
+/// `what`.
+fn read_capped(reader: impl Read, what: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_READ + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    if bytes.len() as u64 > MAX_READ {
+        return Err(format!("{what} is larger than 1 MiB; not a jobloop state"));
+    }
+    Ok(bytes)
+}
+
 fn read_file(dir: &Path) -> Result<serde_json::Value, String> {
     let path = dir.join(crate::statefile::STATE_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = read_capped(file, &path.display().to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
+}
+
+/// A reader over a socket that gives up at a deadline, however slowly the
+/// peer sends.
+struct DeadlineReader {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no complete answer within {}s", HTTP_DEADLINE.as_secs()),
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
 }
 
 /// A plain HTTP/1.1 GET of `/state`; enough for loopback and a pod network.
@@ -66,20 +159,20 @@ fn fetch(url: &str) -> Result<serde_json::Value, String> {
         .map_err(|e| format!("cannot resolve {authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("cannot resolve {authority}"))?;
-    let timeout = Duration::from_secs(5);
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
+    let deadline = Instant::now() + HTTP_DEADLINE;
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
         .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).ok();
+    stream.set_write_timeout(Some(Duration::from_secs(5))).ok();
     let path = format!("/{}/state", prefix.trim_end_matches('/')).replace("//", "/");
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("cannot send to {url}: {e}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| format!("cannot read from {url}: {e}"))?;
+    let response = read_capped(
+        DeadlineReader { stream, deadline },
+        &format!("the answer of {url}/state"),
+    )?;
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -99,6 +192,7 @@ fn ago(value: &serde_json::Value, now: SystemTime) -> String {
     let Some(text) = value.as_str() else {
         return "never".to_string();
     };
+    let text = &escape(text);
     match humantime::parse_rfc3339(text) {
         Ok(time) => match now.duration_since(time) {
             Ok(elapsed) => format!(
@@ -111,12 +205,13 @@ fn ago(value: &serde_json::Value, now: SystemTime) -> String {
     }
 }
 
-/// The summary lines.
+/// The summary lines; every value from `state` has its control characters
+/// escaped.
 pub fn summary(state: &serde_json::Value, source: &str, now: SystemTime) -> String {
     let field = |key: &str| match &state[key] {
         serde_json::Value::Null => "-".to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+        serde_json::Value::String(s) => escape(s),
+        other => escape(&other.to_string()),
     };
     let mut out = String::new();
     out.push_str(&format!("status:               {}", field("status")));
@@ -179,5 +274,35 @@ mod tests {
         assert!(text.contains("(1m ago)"), "{text}");
         assert!(text.contains("/logs/runs/20261125T095959Z.log"));
         assert!(text.contains("trace id:             abc"));
+    }
+
+    #[test]
+    fn nothing_from_the_state_reaches_the_terminal_raw() {
+        let state = serde_json::json!({
+            "status": "idle\u{1b}[2J", "reason": "x\u{9b}31m", "runLog": "/x\u{7}\u{202e}gol.exe",
+            "lastBatchAt": "\u{1b}]0;pwned\u{7}", "iteration": {"k": "\u{85}"},
+        });
+        let text = summary(&state, "state.json", SystemTime::now());
+        assert!(!text.chars().any(|c| is_unsafe(c) && c != '\n'), "{text:?}");
+        assert!(text.contains("idle\\u{1b}[2J (x\\u{9b}31m)"), "{text}");
+        assert!(text.contains("/x\\u{7}\\u{202e}gol.exe"), "{text}");
+        let json = escape_json(&serde_json::to_string_pretty(&state).unwrap());
+        assert!(!json.chars().any(|c| is_unsafe(c) && c != '\n'), "{json:?}");
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state, "the escaped JSON is the same JSON");
+    }
+
+    #[test]
+    fn reads_stop_at_one_mebibyte() {
+        let limit = MAX_READ as usize;
+        assert_eq!(
+            read_capped(&vec![b' '; limit][..], "x").unwrap().len(),
+            limit
+        );
+        let error = read_capped(std::io::repeat(b' '), "the answer").unwrap_err();
+        assert_eq!(
+            error,
+            "the answer is larger than 1 MiB; not a jobloop state"
+        );
     }
 }

@@ -1,31 +1,40 @@
 //! Parsing of the two value forms the settings share: durations and sizes.
 //!
 //! Durations keep the seed's form (a bare number is seconds, `5`, `0.5`) and
-//! add humantime's (`500ms`, `5m`, `1h 30m`). Sizes are bytes or binary
+//! add humantime's (`500ms`, `5m`, `1h 30m`), up to [`MAX_DURATION`]. Sizes are bytes or binary
 //! multiples (`64KiB`, `100MiB`, `1GiB`). Both return a short description of
 //! what is allowed, so `config` can print one-line errors.
 
 use std::time::Duration;
 
 /// What a duration setting accepts, for error messages.
-pub const DURATION_FORM: &str =
-    "a duration: seconds as a number (5, 0.5) or a humantime string (500ms, 5m, 1h 30m)";
+pub const DURATION_FORM: &str = "a duration up to 100 years: seconds as a number (5, 0.5) \
+                                 or a humantime string (500ms, 5m, 1h 30m)";
+
+/// The longest duration a setting may have: 100 years (humantime's, of
+/// 365.25 days). Longer ones are mistakes, and one near `Duration::MAX`
+/// added to a clock reading would overflow and abort the daemon; 100 years
+/// added to any clock jobloop uses cannot.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// What a size setting accepts, for error messages.
 pub const SIZE_FORM: &str = "a size: bytes (1048576) or a number with B, KiB, MiB, GiB or TiB";
 
 /// Parses a duration: a bare non-negative number is seconds, anything else
-/// goes to humantime.
+/// goes to humantime. `None` for anything else, and for durations over
+/// [`MAX_DURATION`].
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let text = raw.trim();
     if text.is_empty() {
         return None;
     }
-    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    let duration = if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         let seconds: f64 = text.parse().ok()?;
-        return Duration::try_from_secs_f64(seconds).ok();
-    }
-    humantime::parse_duration(text).ok()
+        Duration::try_from_secs_f64(seconds).ok()?
+    } else {
+        humantime::parse_duration(text).ok()?
+    };
+    (duration <= MAX_DURATION).then_some(duration)
 }
 
 /// Parses a size in bytes: a bare integer, or a number followed by one of
@@ -96,6 +105,22 @@ mod tests {
             parse_duration(" 14d "),
             Some(Duration::from_secs(14 * 86400))
         );
+    }
+
+    #[test]
+    fn durations_stop_at_100_years() {
+        assert_eq!(parse_duration("100y"), Some(MAX_DURATION));
+        assert_eq!(parse_duration("3155760000"), Some(MAX_DURATION));
+        for long in [
+            "3155760001",
+            "3155760000.5",
+            "10000000000000000000",
+            "100y 1ns",
+            "101y",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(parse_duration(long), None, "{long}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ mod process;
 mod runlog;
 /// Secrets never reach metrics, spans, the daemon's log or /state.
 mod secrets;
+/// Settings hardening: 100-year cap, zero timeouts, hidden hook arguments, `status` caps and escapes.
+mod settings_hardening;
 /// Signals and shutdown: SIGTERM during a job, second signal, SIGHUP.
 mod signals;
 /// state.json: atomic under a polling reader, interrupted iterations.
