@@ -50,3 +50,5 @@ mod faults_settings;
 mod faults_stderr;
 /// Fault tests' helpers: CI-aware skips, tmpfs mounts, /proc sampling.
 mod faults_support;
+/// Hardening: idle connections against a low RLIMIT_NOFILE, probes during the flood.
+mod hardening_http;
