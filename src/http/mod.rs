@@ -2,7 +2,9 @@
 //!
 //! Handlers read only the published [`Snapshot`] and the metrics registry,
 //! and talk to the loop only through its command channel, so no request can
-//! hold the loop up. Connections are capped and slow clients timed out; the
+//! hold the loop up. Connections are capped by the descriptor budget (see
+//! [`connection_cap`]), idle ones give way to new ones at the cap, and slow
+//! clients are timed out; `/livez` checks share one ping to the loop. The
 //! server runs on its own thread's runtime, apart from the loop's.
 
 mod auth;
