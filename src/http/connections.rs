@@ -6,7 +6,8 @@
 //! oldest idle connection (no complete request yet, or between keep-alive
 //! requests) is closed for the newcomer: a flood of connections that send
 //! nothing cannot lock out the kubelet's probes. A connection serving a
-//! request is never chosen.
+//! request is never chosen; when every one is serving, newcomers wait in
+//! the kernel's backlog until one is idle or closed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -93,6 +94,9 @@ pub struct Registry {
     epoch: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Connection>>>,
+    /// Woken when a connection closes or finishes a request: there may be
+    /// room again.
+    room: Notify,
 }
 
 /// A connection's place in the [`Registry`]; freed when dropped.
@@ -106,6 +110,7 @@ pub struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        self.registry.room.notify_one();
     }
 }
 
@@ -118,6 +123,7 @@ impl Registry {
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
+            room: Notify::new(),
         })
     }
 
@@ -139,6 +145,35 @@ impl Registry {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether [`admit`](Registry::admit) would take a newcomer now.
+    fn has_room(&self) -> bool {
+        let open = self.lock();
+        if open.len() >= self.cap + EVICTION_SLACK {
+            return false;
+        }
+        let evictable = |c: &&Arc<Connection>| !c.busy() && !c.evicted.load(Ordering::Acquire);
+        let live = open
+            .values()
+            .filter(|c| !c.evicted.load(Ordering::Acquire))
+            .count();
+        live < self.cap || open.values().any(|c| evictable(&c))
+    }
+
+    /// Resolves once a newcomer can be admitted: below the cap, or at it
+    /// with an idle connection to give way. Meanwhile new connections wait
+    /// in the kernel's backlog, which costs no descriptor of ours, rather
+    /// than being accepted and reset.
+    pub async fn room(&self) {
+        loop {
+            // Registered before the check, so no wake-up is lost between.
+            let woken = self.room.notified();
+            if self.has_room() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Makes room for a new connection: below the cap at once; at the cap
@@ -201,6 +236,8 @@ impl Drop for Busy {
             .idle_since_ms
             .store(self.registry.now_ms(), Ordering::Release);
         self.connection.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // An idle connection may now give way to a waiting newcomer.
+        self.registry.room.notify_one();
     }
 }
 
@@ -314,15 +351,30 @@ mod tests {
         assert!(!first.connection.busy());
     }
 
-    #[test]
-    fn when_every_connection_is_busy_the_newcomer_is_refused() {
+    #[tokio::test]
+    async fn when_every_connection_is_busy_newcomers_wait_for_one_to_be_idle() {
         let registry = Registry::new(2);
         let a = registry.admit().unwrap();
         let b = registry.admit().unwrap();
-        let _busy_a = Busy::enter(registry.clone(), a.connection.clone());
+        let busy_a = Busy::enter(registry.clone(), a.connection.clone());
         let _busy_b = Busy::enter(registry.clone(), b.connection.clone());
+        assert!(!registry.has_room());
         assert!(registry.admit().is_none());
         assert_eq!(registry.len(), 2);
+        let waiting = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // A finished request makes its connection idle: room again.
+        drop(busy_a);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("room")
+            .unwrap();
+        assert!(registry.admit().is_some());
+        assert!(a.connection.evicted.load(Ordering::Acquire));
     }
 
     #[tokio::test]
@@ -344,8 +396,10 @@ mod tests {
             held.push(registry.admit().unwrap());
         }
         assert_eq!(registry.len(), 1 + EVICTION_SLACK);
+        assert!(!registry.has_room());
         assert!(registry.admit().is_none());
         held.remove(0);
+        assert!(registry.has_room());
         assert!(registry.admit().is_some());
     }
 }

@@ -219,6 +219,12 @@ pub async fn serve(
     let mut accept_pause = ACCEPT_PAUSE_MIN;
     tokio::pin!(shutdown);
     loop {
+        // At the cap with no idle connection to give way, or with too many
+        // still closing: accept nothing until there is room.
+        tokio::select! {
+            () = registry.room() => {}
+            _ = &mut shutdown => return,
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -232,13 +238,16 @@ pub async fn serve(
             _ = &mut shutdown => return,
         };
         accept_pause = ACCEPT_PAUSE_MIN;
-        // Every connection is serving a request: the newcomer waits its
-        // turn in the client's retry, not in a descriptor of ours.
+        // Only if every idle connection became busy since the wait above.
         let Some(admission) = registry.admit() else {
             drop(stream);
             continue;
         };
         tokio::spawn(serve_connection(stream, peer, app.clone(), admission));
+        // Let the connections run between accepts: one chosen to give way
+        // closes now, and a newcomer's head is read before a burst of
+        // accepts could make it the oldest idle connection.
+        tokio::task::yield_now().await;
     }
 }
 
