@@ -43,7 +43,7 @@ pub const MIN_CONNECTIONS: usize = 4;
 /// hook that opens a few more, or a future feature, still fits.
 pub const RESERVE: u64 = 64;
 /// Connections being closed to make room linger a little (see
-/// [`EVICTION_GRACE`](super::EVICTION_GRACE)); this many may be open above
+/// `EVICTION_GRACE` in the server); this many may be open above
 /// the cap meanwhile, and the budget counts them.
 pub const EVICTION_SLACK: usize = 16;
 

@@ -7,8 +7,8 @@
 //! clients are timed out; `/livez` checks share one ping to the loop. The
 //! server runs on its own thread's runtime, apart from the loop's.
 
-mod auth;
-mod connections;
+pub mod auth;
+pub mod connections;
 mod handlers;
 
 pub use auth::AdminToken;
