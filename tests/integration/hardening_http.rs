@@ -415,3 +415,35 @@ fn two_hundred_concurrent_livez_requests_all_answer_200() {
         );
     }
 }
+
+#[test]
+fn rejected_resume_attempts_are_logged_once_per_window_without_the_token() {
+    let mut h = Harness::new();
+    h.env("AGENT_ADMIN_TOKEN", "the-right-admin-token");
+    h.start(&[], &["true"]);
+    h.wait_http();
+    for attempt in 0..5 {
+        let wrong = format!("Bearer guess-{attempt}-of-the-admin-token");
+        let (code, _) = h.post("/resume", &[("Authorization", &wrong)]);
+        assert_eq!(code, 401);
+    }
+    let (code, _) = h.post("/resume", &[]);
+    assert_eq!(code, 401);
+    // The first rejection is logged at once; the other five fall in its
+    // 10 s window and are only counted, for the next line.
+    h.wait_until("the rejection's log line", Duration::from_secs(5), |h| {
+        h.stderr().contains("POST /resume rejected")
+    });
+    let stderr = h.stderr();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("POST /resume rejected"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("127.0.0.1"), "{}", lines[0]);
+    assert!(
+        !stderr.contains("guess-"),
+        "a token given was logged:\n{stderr}"
+    );
+    assert!(!stderr.contains("the-right-admin-token"), "{stderr}");
+}
