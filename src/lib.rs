@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod runlog;
@@ -61,6 +62,8 @@ const LIVENESS_DEADLINE: Duration = Duration::from_secs(2);
 /// Fatal start-up errors: a directory that cannot be written, a port that is
 /// taken, an exporter that cannot be built. Each names what and where.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
+    // First, before any runtime or thread opens descriptors (SPEC §6).
+    let descriptors = limits::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("jobloop-http")
@@ -81,10 +84,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             settings.state_dir.display()
         )
     })?;
-    runtime.block_on(run_async(Arc::new(settings)))
+    runtime.block_on(run_async(Arc::new(settings), descriptors))
 }
 
-async fn run_async(settings: Arc<Settings>) -> anyhow::Result<()> {
+async fn run_async(
+    settings: Arc<Settings>,
+    descriptors: limits::Descriptors,
+) -> anyhow::Result<()> {
     let signal_handlers =
         signals::SignalHandlers::install().context("cannot install signal handlers")?;
     let telemetry = telemetry::init(&settings)?;
@@ -122,11 +128,14 @@ async fn run_async(settings: Arc<Settings>) -> anyhow::Result<()> {
         snapshot: snapshots,
         commands: command_sender.clone(),
         metrics: metrics.clone(),
-        admin_token: settings.admin_token.as_deref().map(Arc::from),
+        admin_token: settings
+            .admin_token
+            .as_deref()
+            .map(|token| Arc::new(http::AdminToken::new(token))),
         liveness: Arc::new(http::Liveness::new(LIVENESS_DEADLINE)),
     });
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, app, async move {
+    let server = tokio::spawn(http::serve(listener, app, descriptors, async move {
         let _ = http_stopped.await;
     }));
     tracing::info!(

@@ -4,10 +4,10 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
+use axum::Extension;
 use tokio::sync::oneshot;
 
-use super::AppState;
+use super::{AppState, Peer};
 use crate::supervisor::{Command, ResumeAnswer};
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
@@ -141,7 +141,11 @@ pub async fn readyz(State(app): State<AppState>, RawQuery(query): RawQuery) -> R
 }
 
 /// `POST /resume`: leaves a halt; needs the admin token.
-pub async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn resume(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
     let Some(expected) = app.admin_token.as_deref() else {
         return text(
             StatusCode::FORBIDDEN,
@@ -153,9 +157,17 @@ pub async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Constant time: the answer's timing must not tell how much matched.
-    let matches: bool = given.as_bytes().ct_eq(expected.as_bytes()).into();
-    if given.is_empty() || !matches {
+    // Constant time, length included: the answer's timing must not tell
+    // how much matched, nor how long the token is.
+    let rejected = if given.is_empty() {
+        Some("no bearer token")
+    } else if !expected.matches(given) {
+        Some("wrong bearer token")
+    } else {
+        None
+    };
+    if let Some(why) = rejected {
+        expected.rejected(peer.map(|Extension(Peer(address))| address), why);
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],

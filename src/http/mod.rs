@@ -2,29 +2,37 @@
 //!
 //! Handlers read only the published [`Snapshot`] and the metrics registry,
 //! and talk to the loop only through its command channel, so no request can
-//! hold the loop up. Connections are capped and slow clients timed out; the
+//! hold the loop up. Connections are capped by the descriptor budget (see
+//! [`connection_cap`]), idle ones give way to new ones at the cap, and slow
+//! clients are timed out; `/livez` checks share one ping to the loop. The
 //! server runs on its own thread's runtime, apart from the loop's.
 
+pub mod auth;
+pub mod connections;
 mod handlers;
+
+pub use auth::AdminToken;
+pub use connections::{connection_cap, Peer};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::connections::{Admission, Registry, Tracked};
+use crate::limits::Descriptors;
 
 use crate::metrics::Metrics;
 use crate::supervisor::state::Snapshot;
 use crate::supervisor::Command;
 
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 1024;
 /// Longest wait for a request's headers (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(8);
 /// Longest life of one connection, keep-alive included.
@@ -32,12 +40,20 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// Largest request head accepted (hyper's minimum is 8 KiB).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// What one ping found: `Err` says why the loop is not alive.
+type PingAnswer = Result<(), &'static str>;
+
 /// Whether the loop answers, with a cache so a flood of probes costs the
-/// loop at most one ping per half second.
+/// loop at most one ping per half second, and at most one ping in flight:
+/// every check made while a ping is out waits for that ping's answer, so
+/// probes can never fill the command channel (a full channel would have
+/// answered 503 for a healthy loop).
 pub struct Liveness {
     epoch: Instant,
     last_answer_ms: AtomicU64,
     deadline: Duration,
+    /// The answer to the ping in flight (`None` inside while it is out).
+    in_flight: Mutex<Option<watch::Receiver<Option<PingAnswer>>>>,
 }
 
 impl Liveness {
@@ -50,32 +66,75 @@ impl Liveness {
             epoch: Instant::now(),
             last_answer_ms: AtomicU64::new(0),
             deadline,
+            in_flight: Mutex::new(None),
         }
     }
 
-    /// Asks the loop whether it is alive.
-    pub async fn check(&self, commands: &mpsc::Sender<Command>) -> Result<(), &'static str> {
+    /// Asks the loop whether it is alive: `Err` within the deadline if it
+    /// does not answer.
+    pub async fn check(&self, commands: &mpsc::Sender<Command>) -> PingAnswer {
         let last = self.last_answer_ms.load(Ordering::Relaxed);
         let now = self.epoch.elapsed().as_millis() as u64;
         if last > 0 && now.saturating_sub(last) < Self::FRESH.as_millis() as u64 {
             return Ok(());
         }
-        let (reply, answer) = oneshot::channel();
-        if commands.try_send(Command::Ping(reply)).is_err() {
-            // A full queue means the loop is not reading it: stuck, or very busy.
-            return Err("the supervisor loop does not read its commands");
-        }
-        match tokio::time::timeout(self.deadline, answer).await {
-            Ok(Ok(())) => {
-                self.last_answer_ms.store(
-                    self.epoch.elapsed().as_millis().max(1) as u64,
-                    Ordering::Relaxed,
-                );
-                Ok(())
-            }
-            Ok(Err(_)) => Err("the supervisor loop has ended"),
+        let mut answer = self.join_or_send_ping(commands);
+        let result = match answer.wait_for(Option::is_some).await {
+            Ok(answer) => answer.unwrap_or(Err("the supervisor loop did not answer in time")),
+            // The pinging task ended without an answer (runtime shutting down).
             Err(_) => Err("the supervisor loop did not answer in time"),
+        };
+        if result.is_ok() {
+            self.last_answer_ms.store(
+                self.epoch.elapsed().as_millis().max(1) as u64,
+                Ordering::Relaxed,
+            );
         }
+        result
+    }
+
+    /// The answer to come of the ping in flight, sending one if none is.
+    fn join_or_send_ping(
+        &self,
+        commands: &mpsc::Sender<Command>,
+    ) -> watch::Receiver<Option<PingAnswer>> {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(answer) = in_flight.as_ref() {
+            // Still out: no answer yet and its task still holds the sender.
+            if answer.borrow().is_none() && answer.has_changed().is_ok() {
+                return answer.clone();
+            }
+        }
+        let (publish, answer) = watch::channel(None);
+        let commands = commands.clone();
+        let deadline = self.deadline;
+        // Its own task: the checks waiting for it may be dropped (their
+        // clients hang up) without leaving the others without an answer.
+        tokio::spawn(async move {
+            let _ = publish.send(Some(ping(&commands, deadline).await));
+        });
+        *in_flight = Some(answer.clone());
+        answer
+    }
+}
+
+/// Sends the loop one ping and waits at most `deadline` for the answer,
+/// the wait for room in its channel included.
+async fn ping(commands: &mpsc::Sender<Command>, deadline: Duration) -> PingAnswer {
+    let (reply, answer) = oneshot::channel();
+    let exchange = async {
+        commands
+            .send(Command::Ping(reply))
+            .await
+            .map_err(|_| "the supervisor loop has ended")?;
+        answer.await.map_err(|_| "the supervisor loop has ended")
+    };
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(answer) => answer,
+        Err(_) => Err("the supervisor loop did not answer in time"),
     }
 }
 
@@ -89,7 +148,7 @@ pub struct AppState {
     /// The registry.
     pub metrics: Arc<Metrics>,
     /// Token `POST /resume` needs; `None` = resume disabled.
-    pub admin_token: Option<Arc<str>>,
+    pub admin_token: Option<Arc<AdminToken>>,
     /// The liveness check.
     pub liveness: Arc<Liveness>,
 }
@@ -131,44 +190,102 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// How long a connection chosen to give way may take to close when it is
+/// not serving a request: an idle one closes at once; this lets a response
+/// just handed over be written out, and a half-received head be dropped.
+const EVICTION_GRACE: Duration = Duration::from_millis(100);
+/// First pause after a failed accept (EMFILE and friends): the pending
+/// connection stays queued, so retrying at once would spin.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+/// Longest pause after failed accepts in a row.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// Serves `app` on `listener` until `shutdown` resolves, with at most
+/// [`connection_cap`]`(descriptors)` connections: at the cap the oldest
+/// idle connection gives way to a new one (SPEC §6, 0.2).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    descriptors: Descriptors,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let registry = Registry::new(connection_cap(descriptors));
+    tracing::debug!(
+        descriptor_limit = descriptors.limit,
+        open_at_start = descriptors.open,
+        connection_cap = registry.cap(),
+        "HTTP connections capped"
+    );
+    let mut accept_pause = ACCEPT_PAUSE_MIN;
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        // At the cap with no idle connection to give way, or with too many
+        // still closing: accept nothing until there is room.
+        tokio::select! {
+            () = registry.room() => {}
+            _ = &mut shutdown => return,
+        }
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // EMFILE and friends: wait a little rather than spin.
-                    tracing::debug!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tracing::debug!(%error, pause = ?accept_pause, "accept failed");
+                    tokio::time::sleep(accept_pause).await;
+                    accept_pause = (accept_pause * 2).min(ACCEPT_PAUSE_MAX);
                     continue;
                 }
             },
             _ = &mut shutdown => return,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        accept_pause = ACCEPT_PAUSE_MIN;
+        // Only if every idle connection became busy since the wait above.
+        let Some(admission) = registry.admit() else {
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
-            drop(permit);
-        });
+        tokio::spawn(serve_connection(stream, peer, app.clone(), admission));
+        // Let the connections run between accepts: one chosen to give way
+        // closes now, and a newcomer's head is read before a burst of
+        // accepts could make it the oldest idle connection.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Serves one connection until it ends, times out, or is chosen to give
+/// way; its place in the registry is freed when this returns.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Router, admission: Admission) {
+    let _ = stream.set_nodelay(true);
+    let service = TowerToHyperService::new(Tracked::new(app, peer, &admission));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+    tokio::pin!(lifetime);
+    tokio::select! {
+        biased;
+        _ = connection.as_mut() => return,
+        _ = &mut lifetime => return,
+        _ = admission.connection.evicted() => {}
+    }
+    // Chosen to give way: hyper closes an idle connection at once and lets
+    // one serving a request finish it first.
+    connection.as_mut().graceful_shutdown();
+    loop {
+        tokio::select! {
+            biased;
+            _ = connection.as_mut() => return,
+            _ = &mut lifetime => return,
+            _ = tokio::time::sleep(EVICTION_GRACE) => {
+                if !admission.connection.busy() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -219,7 +336,7 @@ mod tests {
             snapshot: receiver,
             commands: sender,
             metrics,
-            admin_token: token.map(Arc::from),
+            admin_token: token.map(|token| Arc::new(AdminToken::new(token))),
             liveness: Arc::new(Liveness::new(Duration::from_millis(200))),
         })
     }
@@ -241,6 +358,98 @@ mod tests {
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).to_string())
+    }
+
+    /// A fake loop that answers pings after `delay` (never when `None`)
+    /// and counts them.
+    fn pinged_loop(delay: Option<Duration>) -> (mpsc::Sender<Command>, Arc<AtomicU64>) {
+        // The daemon's capacity: 64.
+        let (sender, mut commands) = mpsc::channel(64);
+        let pings = Arc::new(AtomicU64::new(0));
+        let counted = pings.clone();
+        tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                if let Command::Ping(reply) = command {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    match delay {
+                        Some(delay) => {
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let _ = reply.send(());
+                            });
+                        }
+                        None => std::mem::forget(reply),
+                    }
+                }
+            }
+        });
+        (sender, pings)
+    }
+
+    async fn concurrent_checks(
+        liveness: &Arc<Liveness>,
+        commands: &mpsc::Sender<Command>,
+        n: usize,
+    ) -> Vec<PingAnswer> {
+        let mut checks = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let liveness = liveness.clone();
+            let commands = commands.clone();
+            checks.spawn(async move { liveness.check(&commands).await });
+        }
+        checks.join_all().await
+    }
+
+    #[tokio::test]
+    async fn concurrent_livez_checks_share_one_ping() {
+        let (commands, pings) = pinged_loop(Some(Duration::from_millis(100)));
+        let liveness = Arc::new(Liveness::new(Duration::from_secs(2)));
+        // 200 checks, more than the channel holds: before, all past the
+        // 64th answered 503 for a healthy loop.
+        let answers = concurrent_checks(&liveness, &commands, 200).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+        // Fresh: no new ping.
+        let answers = concurrent_checks(&liveness, &commands, 50).await;
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+        // Stale: one new ping for all of them again.
+        tokio::time::sleep(Liveness::FRESH + Duration::from_millis(50)).await;
+        let answers = concurrent_checks(&liveness, &commands, 100).await;
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stuck_loop_fails_every_waiting_check_within_the_deadline() {
+        let (commands, pings) = pinged_loop(None);
+        let deadline = Duration::from_millis(200);
+        let liveness = Arc::new(Liveness::new(deadline));
+        let started = Instant::now();
+        let answers = concurrent_checks(&liveness, &commands, 100).await;
+        assert!(answers.iter().all(Result::is_err), "{answers:?}");
+        assert!(started.elapsed() < deadline * 3, "{:?}", started.elapsed());
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+        // The next check sends a new ping rather than reuse the failure.
+        assert!(liveness.check(&commands).await.is_err());
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_fails_the_check_within_the_deadline() {
+        // A loop that reads nothing: the channel fills, the ping waits.
+        let (commands, _unread) = mpsc::channel(1);
+        commands
+            .try_send(Command::Ping(oneshot::channel().0))
+            .unwrap();
+        let deadline = Duration::from_millis(200);
+        let liveness = Liveness::new(deadline);
+        let started = Instant::now();
+        assert_eq!(
+            liveness.check(&commands).await,
+            Err("the supervisor loop did not answer in time")
+        );
+        assert!(started.elapsed() < deadline * 3);
     }
 
     #[tokio::test]
