@@ -16,7 +16,7 @@ use regex::bytes::{Regex, RegexBuilder};
 
 use crate::backoff::BackoffPolicy;
 use crate::cli::RunArgs;
-use crate::runlog::RetentionPolicy;
+use crate::naming::RetentionPolicy;
 use units::{format_duration, format_size, parse_duration, parse_size, DURATION_FORM, SIZE_FORM};
 
 /// The seed's pattern, made case-insensitive (BASELINE Q3).

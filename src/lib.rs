@@ -24,14 +24,17 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod files;
 pub mod http;
 pub mod metrics;
+pub mod naming;
 pub mod notify;
 pub mod runlog;
 pub mod runner;
 pub mod signals;
+pub mod state;
 pub mod statefile;
 pub mod status;
 pub mod supervisor;
@@ -48,7 +51,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use config::Settings;
 use metrics::Metrics;
 use statefile::{StateDir, StateWriter};
-use supervisor::state::Snapshot;
+use state::Snapshot;
 use supervisor::{Supervisor, SupervisorParts};
 
 /// How long `/livez` waits for the loop to answer a ping.
@@ -115,8 +118,11 @@ async fn run_async(settings: Arc<Settings>) -> anyhow::Result<()> {
     metrics.observe(&initial);
     let (publisher, snapshots) = watch::channel(initial);
     let (command_sender, commands) = mpsc::channel(64);
-    let writer = StateWriter::spawn(state_dir.clone(), snapshots.clone(), metrics.clone())
-        .context("cannot start the state writer thread")?;
+    let write_errors = metrics.clone();
+    let writer = StateWriter::spawn(state_dir.clone(), snapshots.clone(), move || {
+        write_errors.state_write_errors.inc();
+    })
+    .context("cannot start the state writer thread")?;
 
     let app = http::router(http::AppState {
         snapshot: snapshots,
@@ -150,6 +156,7 @@ async fn run_async(settings: Arc<Settings>) -> anyhow::Result<()> {
         commands,
         notifier: notify::Notifier::from_env(),
         previous_state,
+        runner: runner::Os,
     };
     let loop_thread = std::thread::Builder::new()
         .name("jobloop-loop".into())
