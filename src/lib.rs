@@ -8,12 +8,25 @@
 //!
 //! ```text
 //! cli -> config::Settings -> supervisor (owns Snapshot, Backoff)
-//! supervisor -> runner (one child at a time) -> RunReport -> classify -> Next
+//! supervisor -> runner (one child at a time, its whole stop policy)
+//!            -> RunReport -> classify -> Next
 //! supervisor -> watch<Snapshot> -> statefile writer thread (state.json)
 //!                               -> http handlers (read-only)
 //!            -> metrics (gauges derived from each Snapshot), markers, spans
-//! http /resume, /livez, signals -> mpsc<Command> -> supervisor
+//! http /resume, /livez, signals -> mpsc<command::Command> -> supervisor
 //! ```
+//!
+//! # Layers
+//!
+//! A module imports only modules below it; nothing calls up.
+//!
+//! - leaves: [`state`] (the snapshot, its words, state.json read back),
+//!   [`command`] (what http and signals send the loop), [`naming`] (run-log
+//!   names, retention as a value), [`backoff`], [`files`], [`notify`];
+//! - settings: [`cli`], [`config`];
+//! - services: [`runner`], [`runlog`], [`statefile`], [`metrics`],
+//!   [`telemetry`], [`http`], [`signals`], [`status`];
+//! - [`supervisor`], which drives the services; this file wires it all.
 //!
 //! # Threads
 //!
@@ -50,8 +63,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use config::Settings;
 use metrics::Metrics;
-use statefile::{StateDir, StateWriter};
 use state::Snapshot;
+use statefile::{StateDir, StateWriter};
 use supervisor::{Supervisor, SupervisorParts};
 
 /// How long `/livez` waits for the loop to answer a ping.

@@ -377,15 +377,24 @@ mod tests {
             assert!(text.contains(&line), "missing {line}");
         }
         for outcome in Outcome::ALL {
-            let line = format!("jobloop_iterations_total{{outcome=\"{}\"}} 0", outcome.as_str());
+            let line = format!(
+                "jobloop_iterations_total{{outcome=\"{}\"}} 0",
+                outcome.as_str()
+            );
             assert!(text.contains(&line), "missing {line}");
         }
         for result in PreflightResult::ALL {
-            let line = format!("jobloop_preflight_checks_total{{result=\"{}\"}} 0", result.as_str());
+            let line = format!(
+                "jobloop_preflight_checks_total{{result=\"{}\"}} 0",
+                result.as_str()
+            );
             assert!(text.contains(&line), "missing {line}");
         }
         for hook in Hook::ALL {
-            let line = format!("jobloop_hook_failures_total{{hook=\"{}\"}} 0", hook.as_str());
+            let line = format!(
+                "jobloop_hook_failures_total{{hook=\"{}\"}} 0",
+                hook.as_str()
+            );
             assert!(text.contains(&line), "missing {line}");
         }
     }

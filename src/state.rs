@@ -133,7 +133,9 @@ impl Reason {
 
     /// Parses the SPEC spelling.
     pub fn parse(text: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|reason| reason.as_str() == text)
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
     }
 
     /// The SPEC spelling.
@@ -543,7 +545,10 @@ mod tests {
         assert_eq!(stored.iteration, Some(3));
         assert_eq!(stored.run_log, None);
         assert!(StoredState::from_json(b"[1]").is_err());
-        assert_eq!(StoredState::from_json(b"{}").unwrap(), StoredState::default());
+        assert_eq!(
+            StoredState::from_json(b"{}").unwrap(),
+            StoredState::default()
+        );
     }
 
     #[test]

@@ -19,9 +19,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use crate::command::Command;
 use crate::metrics::Metrics;
 use crate::state::Snapshot;
-use crate::command::Command;
 
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 1024;
@@ -175,8 +175,8 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Status;
     use crate::command::ResumeAnswer;
+    use crate::state::Status;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;

@@ -230,3 +230,42 @@ async fn recv_once(receiver: &mut Option<oneshot::Receiver<()>>) -> Result<(), (
     *receiver = None;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test, not several: a stopped child makes the runner reap
+    /// orphans, which could take the exit status of a child of a test
+    /// running beside it.
+    #[tokio::test]
+    async fn huge_limits_are_no_deadline_and_a_shutdown_stops_the_child() {
+        let huge = StopPolicy {
+            timeout: Some(Duration::MAX),
+            kill_grace: Duration::MAX,
+            auth_kill: true,
+            shutdown_grace: Duration::MAX,
+            drain_wait: Duration::MAX,
+        };
+        let (_asker, shutdowns) = watch::channel(0);
+        let child = Os.spawn_shell("exit 3", "test").unwrap();
+        let report = child.run_to_end(huge, shutdowns, |_| {}).await;
+        assert_eq!(report.exit_code, 3);
+        assert!(!report.timed_out && !report.killed);
+
+        // Asked to stop before it started: SIGTERM at once, and the grace
+        // too long to represent is no deadline (the shell dies of SIGTERM).
+        let (_asker, shutdowns) = watch::channel(1);
+        let child = Os.spawn_shell("sleep 30", "test").unwrap();
+        let report = child.run_to_end(huge, shutdowns, |_| {}).await;
+        assert_eq!(report.exit_code, 128 + 15);
+        assert!(!report.killed);
+
+        // A second request kills at once.
+        let (_asker, shutdowns) = watch::channel(2);
+        let child = Os.spawn_shell("trap '' TERM; sleep 30", "test").unwrap();
+        let report = child.run_to_end(huge, shutdowns, |_| {}).await;
+        assert_eq!(report.exit_code, 128 + 9);
+        assert!(report.killed);
+    }
+}

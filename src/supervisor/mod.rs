@@ -8,9 +8,9 @@
 //! measures the loop itself, and a long job or a halt never looks stuck.
 //!
 //! The rooms: this file is the state machine (what happens next);
-//! [`inbox`] the commands it answers while it waits; [`children`] the job,
+//! `inbox` the commands it answers while it waits; `children` the job,
 //! the preflight and the hooks, each run to its end by one function;
-//! [`housekeeping`] the markers, retention and leftover processes;
+//! `housekeeping` the markers, retention and leftover processes;
 //! [`classify`] the verdict on a run. Processes are reached only through
 //! [`Runner`], so the tests drive the loop with a fake one on tokio's
 //! paused clock.

@@ -118,7 +118,12 @@ impl Runner for FakeRunner {
     fn spawn_shell(&self, command: &str, _instance: &str) -> io::Result<FakeChild> {
         let mut started = self.0.started.borrow_mut();
         started.push(format!("sh {command}"));
-        let script = self.0.shells.borrow_mut().pop_front().unwrap_or(exits(0, 0));
+        let script = self
+            .0
+            .shells
+            .borrow_mut()
+            .pop_front()
+            .unwrap_or(exits(0, 0));
         Ok(FakeChild {
             pid: 1000 + started.len() as u32,
             script,
@@ -207,7 +212,8 @@ impl Rig {
         F: FnOnce(Running) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let (publisher, snapshots) = watch::channel(Snapshot::starting(std::time::SystemTime::now()));
+        let (publisher, snapshots) =
+            watch::channel(Snapshot::starting(std::time::SystemTime::now()));
         let (commands, inbox) = mpsc::channel(8);
         let metrics = Arc::new(Metrics::new());
         let supervisor = Supervisor::new(SupervisorParts {
@@ -261,7 +267,10 @@ impl Running {
     }
 
     fn counted(&self, outcome: Outcome) -> bool {
-        let line = format!("jobloop_iterations_total{{outcome=\"{}\"}}", outcome.as_str());
+        let line = format!(
+            "jobloop_iterations_total{{outcome=\"{}\"}}",
+            outcome.as_str()
+        );
         self.metrics
             .render()
             .lines()
@@ -276,7 +285,9 @@ async fn successes_sleep_the_idle_time_between_runs() {
     let last = rig
         .run(|mut loop_| async move {
             let began = Instant::now();
-            let third = loop_.until(|s| s.iteration == 3 && s.status == Status::Idle).await;
+            let third = loop_
+                .until(|s| s.iteration == 3 && s.status == Status::Idle)
+                .await;
             // 3 runs of 1 s and 2 idle sleeps of 2 s.
             assert_eq!(began.elapsed(), Duration::from_secs(7));
             assert_eq!(third.last_outcome, Some(Outcome::Success));
@@ -297,7 +308,9 @@ async fn failures_back_off_then_halt_and_a_resume_starts_again() {
     let last = rig
         .run(|mut loop_| async move {
             let began = Instant::now();
-            let second = loop_.until(|s| s.status == Status::Backoff && s.iteration == 2).await;
+            let second = loop_
+                .until(|s| s.status == Status::Backoff && s.iteration == 2)
+                .await;
             assert_eq!(second.backoff_seconds, 10.0);
             assert_eq!(second.reason, Some(Reason::ExitCode));
             let halted = loop_.until(|s| s.status == Status::Unhealthy).await;
@@ -312,7 +325,9 @@ async fn failures_back_off_then_halt_and_a_resume_starts_again() {
             assert_eq!(loop_.snapshots.borrow().iteration, 3);
 
             assert_eq!(loop_.resume().await, ResumeAnswer::Resumed);
-            let again = loop_.until(|s| s.iteration == 4 && s.status == Status::Idle).await;
+            let again = loop_
+                .until(|s| s.iteration == 4 && s.status == Status::Idle)
+                .await;
             assert_eq!(again.consecutive_failures, 0);
             assert!(!state_dir.join(statefile::UNHEALTHY).exists());
             assert_eq!(loop_.resume().await, ResumeAnswer::NotHalted);
@@ -379,7 +394,9 @@ async fn a_shutdown_during_a_job_stops_it_and_ends_stopped() {
     let mut rig = Rig::new().jobs(&[exits(0, 3600)]);
     let last = rig
         .run(|mut loop_| async move {
-            loop_.until(|s| s.status == Status::Running && s.job_pid.is_some()).await;
+            loop_
+                .until(|s| s.status == Status::Running && s.job_pid.is_some())
+                .await;
             loop_.shutdown().await;
             let stopping = loop_.until(|s| s.status != Status::Running).await;
             assert_eq!(stopping.status, Status::Stopping);
