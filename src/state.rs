@@ -392,7 +392,12 @@ impl StoredState {
     ///
     /// When the bytes are not a JSON object.
     pub fn from_json(bytes: &[u8]) -> Result<StoredState, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        // serde would take an array for the fields in order.
+        if !value.is_object() {
+            return Err(serde::de::Error::custom("state.json is not a JSON object"));
+        }
+        serde_json::from_value(value)
     }
 }
 
