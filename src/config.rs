@@ -24,7 +24,7 @@ use std::time::Duration;
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::backoff::BackoffPolicy;
-use crate::runlog::RetentionPolicy;
+use crate::naming::RetentionPolicy;
 pub use table::DEFAULT_AUTH_PATTERN;
 use table::{setting, Form, SETTINGS};
 use units::{format_duration, parse_duration, parse_size, DURATION_FORM, SIZE_FORM};

@@ -8,12 +8,25 @@
 //!
 //! ```text
 //! cli -> config::Settings -> supervisor (owns Snapshot, Backoff)
-//! supervisor -> runner (one child at a time) -> RunReport -> classify -> Next
+//! supervisor -> runner (one child at a time, its whole stop policy)
+//!            -> RunReport -> classify -> Next
 //! supervisor -> watch<Snapshot> -> statefile writer thread (state.json)
 //!                               -> http handlers (read-only)
 //!            -> metrics (gauges derived from each Snapshot), markers, spans
-//! http /resume, /livez, signals -> mpsc<Command> -> supervisor
+//! http /resume, /livez, signals -> mpsc<command::Command> -> supervisor
 //! ```
+//!
+//! # Layers
+//!
+//! A module imports only modules below it; nothing calls up.
+//!
+//! - leaves: [`state`] (the snapshot, its words, state.json read back),
+//!   [`command`] (what http and signals send the loop), [`naming`] (run-log
+//!   names, retention as a value), [`backoff`], [`files`], [`notify`];
+//! - settings: [`cli`], [`config`];
+//! - services: [`runner`], [`runlog`], [`statefile`], [`metrics`],
+//!   [`telemetry`], [`http`], [`signals`], [`status`];
+//! - [`supervisor`], which drives the services; this file wires it all.
 //!
 //! # Threads
 //!
@@ -24,15 +37,18 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod files;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod naming;
 pub mod notify;
 pub mod runlog;
 pub mod runner;
 pub mod signals;
+pub mod state;
 pub mod statefile;
 pub mod status;
 pub mod supervisor;
@@ -48,8 +64,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use config::Settings;
 use metrics::Metrics;
+use state::Snapshot;
 use statefile::{StateDir, StateWriter};
-use supervisor::state::Snapshot;
 use supervisor::{Supervisor, SupervisorParts};
 
 /// How long `/livez` waits for the loop to answer a ping.
@@ -121,8 +137,11 @@ async fn run_async(
     metrics.observe(&initial);
     let (publisher, snapshots) = watch::channel(initial);
     let (command_sender, commands) = mpsc::channel(64);
-    let writer = StateWriter::spawn(state_dir.clone(), snapshots.clone(), metrics.clone())
-        .context("cannot start the state writer thread")?;
+    let write_errors = metrics.clone();
+    let writer = StateWriter::spawn(state_dir.clone(), snapshots.clone(), move || {
+        write_errors.state_write_errors.inc();
+    })
+    .context("cannot start the state writer thread")?;
 
     let app = http::router(http::AppState {
         snapshot: snapshots,
@@ -159,6 +178,7 @@ async fn run_async(
         commands,
         notifier: notify::Notifier::from_env(),
         previous_state,
+        runner: runner::Os,
     };
     let loop_thread = std::thread::Builder::new()
         .name("jobloop-loop".into())

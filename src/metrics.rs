@@ -14,7 +14,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::supervisor::state::{Outcome, Snapshot, Status};
+use crate::state::{Hook, Outcome, PreflightResult, Snapshot, Status};
 
 /// Buckets of `jobloop_iteration_duration_seconds`.
 ///
@@ -42,8 +42,7 @@ pub struct Metrics {
     last_iteration: Gauge,
     last_success: Gauge,
     last_exit_code: IntGauge,
-    /// Preflight runs by result.
-    pub preflight_checks: IntCounterVec,
+    preflight_checks: IntCounterVec,
     /// Job output bytes read.
     pub run_log_bytes: IntCounter,
     /// Runs that hit AGENT_RUN_LOG_MAX_BYTES.
@@ -52,8 +51,7 @@ pub struct Metrics {
     pub run_logs_deleted: IntCounter,
     /// Iterations found interrupted at start.
     pub interrupted_iterations: IntCounter,
-    /// Failed rotate / cleanup commands.
-    pub hook_failures: IntCounterVec,
+    hook_failures: IntCounterVec,
     /// Runs whose log could not be created or written.
     pub run_log_write_errors: IntCounter,
     /// Failed writes of state.json or a marker.
@@ -109,8 +107,8 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
-        for result in ["success", "failure"] {
-            preflight_checks.with_label_values(&[result]);
+        for result in PreflightResult::ALL {
+            preflight_checks.with_label_values(&[result.as_str()]);
         }
         let hook_failures = IntCounterVec::new(
             opts(
@@ -120,8 +118,8 @@ impl Metrics {
             &["hook"],
         )
         .expect("valid metric");
-        for hook in ["rotate", "cleanup"] {
-            hook_failures.with_label_values(&[hook]);
+        for hook in Hook::ALL {
+            hook_failures.with_label_values(&[hook.as_str()]);
         }
         let build_info = IntGaugeVec::new(
             opts(
@@ -283,6 +281,18 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts one preflight run.
+    pub fn record_preflight(&self, result: PreflightResult) {
+        self.preflight_checks
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// Counts one failed hook.
+    pub fn record_hook_failure(&self, hook: Hook) {
+        self.hook_failures.with_label_values(&[hook.as_str()]).inc();
+    }
+
     /// The Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
         let mut buffer = Vec::with_capacity(8 * 1024);
@@ -343,36 +353,49 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    /// The names live once, in [`Metrics::new`]; the golden exposition
+    /// in tests/ pins them to SPEC §7. Here: every registered family is
+    /// rendered, and every label value comes from its enum, pre-created.
     #[test]
-    fn every_spec_family_is_rendered() {
+    fn every_family_is_rendered_with_its_label_values() {
         let metrics = Metrics::new();
         metrics.observe(&Snapshot::starting(SystemTime::now()));
         let text = metrics.render();
-        for name in [
-            "jobloop_iterations_total",
-            "jobloop_iteration_duration_seconds",
-            "jobloop_consecutive_failures",
-            "jobloop_backoff_seconds",
-            "jobloop_token_expired",
-            "jobloop_unhealthy",
-            "jobloop_state",
-            "jobloop_iteration_in_progress",
-            "jobloop_iteration_start_timestamp_seconds",
-            "jobloop_last_iteration_timestamp_seconds",
-            "jobloop_last_success_timestamp_seconds",
-            "jobloop_last_exit_code",
-            "jobloop_preflight_checks_total",
-            "jobloop_run_log_bytes_total",
-            "jobloop_run_log_truncated_total",
-            "jobloop_run_logs_deleted_total",
-            "jobloop_interrupted_iterations_total",
-            "jobloop_hook_failures_total",
-            "jobloop_build_info",
-        ] {
+        let families = metrics.registry.gather();
+        let ours: Vec<_> = families
+            .iter()
+            .map(|family| family.name())
+            .filter(|name| name.starts_with("jobloop_"))
+            .collect();
+        assert_eq!(ours.len(), 21, "{ours:?}");
+        for name in ours {
             assert!(text.contains(&format!("# TYPE {name} ")), "missing {name}");
         }
-        assert!(text.contains("jobloop_state{state=\"starting\"} 1"));
-        assert!(text.contains("jobloop_state{state=\"token-expired\"} 0"));
-        assert!(text.contains("jobloop_iterations_total{outcome=\"token_expired\"} 0"));
+        for status in Status::ALL {
+            let value = i64::from(status == Status::Starting);
+            let line = format!("jobloop_state{{state=\"{}\"}} {value}", status.as_str());
+            assert!(text.contains(&line), "missing {line}");
+        }
+        for outcome in Outcome::ALL {
+            let line = format!(
+                "jobloop_iterations_total{{outcome=\"{}\"}} 0",
+                outcome.as_str()
+            );
+            assert!(text.contains(&line), "missing {line}");
+        }
+        for result in PreflightResult::ALL {
+            let line = format!(
+                "jobloop_preflight_checks_total{{result=\"{}\"}} 0",
+                result.as_str()
+            );
+            assert!(text.contains(&line), "missing {line}");
+        }
+        for hook in Hook::ALL {
+            let line = format!(
+                "jobloop_hook_failures_total{{hook=\"{}\"}} 0",
+                hook.as_str()
+            );
+            assert!(text.contains(&line), "missing {line}");
+        }
     }
 }

@@ -1,42 +1,17 @@
-//! Run logs: one file per iteration under `AGENT_LOG_DIR/runs/`, and the
-//! retention that keeps `runs/` bounded.
+//! Run logs on disk: one file per iteration under `AGENT_LOG_DIR/runs/`,
+//! the listing retention reads and the deletion it decides.
 //!
-//! Names are the UTC start time (`20261125T192106Z.log`) with a `-1`, `-2`
-//! ... suffix when the name is taken, so fast iterations never overwrite
-//! each other (the seed's `>` did, BASELINE Q2). Files are created new,
-//! 0640, and never through a symlink. Retention is a pure selection over
-//! (name, mtime, size) plus the deletion of what it selected.
+//! Names and the retention choice are values in [`crate::naming`]; this
+//! module does the file work. Files are created new, 0640, and never
+//! through a symlink.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-/// How many suffixes are tried for one second's name before giving up.
-const MAX_SUFFIX: u32 = 10_000;
-
-/// Retention limits of `runs/`; zero means no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetentionPolicy {
-    /// Run logs kept, newest first; 0 = no count limit.
-    pub keep: usize,
-    /// Older run logs are deleted.
-    pub max_age: Option<Duration>,
-    /// Total bytes of `runs/`; 0 = no limit.
-    pub max_bytes: u64,
-}
-
-/// A run log as retention sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunLogEntry {
-    /// File name in `runs/`.
-    pub name: String,
-    /// Last modification.
-    pub modified: SystemTime,
-    /// Size in bytes.
-    pub size: u64,
-}
+use crate::naming::{select_for_deletion, sort_key, RetentionPolicy, RunLogEntry, RunLogNamer};
 
 /// What one retention pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -49,35 +24,11 @@ pub struct RetentionOutcome {
     pub errors: Vec<String>,
 }
 
-/// The file name of a run started at `start`, without suffix.
-pub fn base_name(start: SystemTime) -> String {
-    // "2026-11-25T19:21:06Z" -> "20261125T192106Z"
-    humantime::format_rfc3339_seconds(start)
-        .to_string()
-        .replace(['-', ':'], "")
-}
-
-/// The sort key of a run-log name: its timestamp and suffix, or `None` if
-/// the name is not a run log's.
-pub fn sort_key(name: &str) -> Option<(&str, u32)> {
-    let stem = name.strip_suffix(".log")?;
-    let (stamp, suffix) = match stem.split_once('-') {
-        Some((stamp, suffix)) => (stamp, suffix.parse().ok()?),
-        None => (stem, 0),
-    };
-    let valid = stamp.len() == 16
-        && stamp.as_bytes()[8] == b'T'
-        && stamp.ends_with('Z')
-        && stamp[..8].bytes().all(|b| b.is_ascii_digit())
-        && stamp[9..15].bytes().all(|b| b.is_ascii_digit());
-    valid.then_some((stamp, suffix))
-}
-
 /// The header line: `# jobloop iteration=N trace_id=... span_id=... start=...`.
 pub fn header(iteration: u64, trace_id: &str, span_id: &str, start: SystemTime) -> String {
     format!(
         "# jobloop iteration={iteration} trace_id={trace_id} span_id={span_id} start={}\n",
-        crate::supervisor::state::rfc3339(start)
+        crate::state::rfc3339(start)
     )
 }
 
@@ -89,90 +40,76 @@ pub fn header(iteration: u64, trace_id: &str, span_id: &str, start: SystemTime) 
 ///
 /// When no name can be created (directory missing, not writable, full).
 pub fn create(runs_dir: &Path, start: SystemTime, header: &str) -> io::Result<(PathBuf, File)> {
-    RunLogNamer::default().create(runs_dir, start, header)
+    create_next(&mut RunLogNamer::default(), runs_dir, start, header)
 }
 
-/// Names run logs, remembering the last suffix used within the current
-/// second so that many runs in one second cost one attempt each, not one
-/// per name already taken.
-#[derive(Debug, Default)]
-pub struct RunLogNamer {
-    base: String,
-    next_suffix: u32,
-}
-
-impl RunLogNamer {
-    /// Creates the next run log with its header; see [`create`].
-    ///
-    /// The header is written into an unnamed file (O_TMPFILE) that is then
-    /// linked under its name, so a run log appears with its header or not
-    /// at all, even if jobloop is killed in between. Where the file system
-    /// (or a missing /proc) does not allow that, the file is created under
-    /// its name and the header written right after.
-    ///
-    /// # Errors
-    ///
-    /// When no name can be created.
-    pub fn create(
-        &mut self,
-        runs_dir: &Path,
-        start: SystemTime,
-        header: &str,
-    ) -> io::Result<(PathBuf, File)> {
-        let base = base_name(start);
-        if base != self.base {
-            self.base = base;
-            self.next_suffix = 0;
-        }
-        let mut unnamed = OpenOptions::new()
-            .write(true)
-            .mode(0o640)
-            .custom_flags(nix::libc::O_TMPFILE | nix::libc::O_CLOEXEC)
-            .open(runs_dir)
-            .ok();
-        if let Some(file) = unnamed.as_mut() {
-            file.write_all(header.as_bytes())?;
-        }
-        for suffix in self.next_suffix..MAX_SUFFIX {
-            let path = runs_dir.join(self.name(suffix));
-            let created = match unnamed.take() {
-                Some(file) => match link_unnamed(&file, &path) {
-                    Ok(()) => Ok(file),
-                    Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                        unnamed = Some(file);
-                        Err(error)
-                    }
-                    // Linking through /proc is not possible here: go on
-                    // with named files.
-                    Err(_) => self.create_named(&path, header),
-                },
-                None => self.create_named(&path, header),
-            };
-            match created {
-                Ok(file) => {
-                    self.next_suffix = suffix + 1;
-                    return Ok((path, file));
+/// Creates the next run log named by `namer`, with its header; see
+/// [`create`].
+///
+/// The header is written into an unnamed file (O_TMPFILE) that is then
+/// linked under its name, so a run log appears with its header or not at
+/// all, even if jobloop is killed in between. Where the file system (or a
+/// missing /proc) does not allow that, the file is created under its name
+/// and the header written right after.
+///
+/// # Errors
+///
+/// When no name can be created.
+pub fn create_next(
+    namer: &mut RunLogNamer,
+    runs_dir: &Path,
+    start: SystemTime,
+    header: &str,
+) -> io::Result<(PathBuf, File)> {
+    let mut unnamed = OpenOptions::new()
+        .write(true)
+        .mode(0o640)
+        .custom_flags(nix::libc::O_TMPFILE | nix::libc::O_CLOEXEC)
+        .open(runs_dir)
+        .ok();
+    if let Some(file) = unnamed.as_mut() {
+        file.write_all(header.as_bytes())?;
+    }
+    let mut used = None;
+    let mut result = Err(io::Error::other("no free run-log name"));
+    for (suffix, name) in namer.candidates(start) {
+        let path = runs_dir.join(name);
+        let created = match unnamed.take() {
+            Some(file) => match link_unnamed(&file, &path) {
+                Ok(()) => Ok(file),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                    unnamed = Some(file);
+                    Err(error)
                 }
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(error) => return Err(error),
+                // Linking through /proc is not possible here: go on with
+                // named files.
+                Err(_) => create_named(&path, header),
+            },
+            None => create_named(&path, header),
+        };
+        match created {
+            Ok(file) => {
+                used = Some(suffix);
+                result = Ok((path, file));
+                break;
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => {
+                result = Err(error);
+                break;
             }
         }
-        Err(io::Error::other("no free run-log name"))
     }
+    if let Some(suffix) = used {
+        namer.taken(suffix);
+    }
+    result
+}
 
-    fn name(&self, suffix: u32) -> String {
-        if suffix == 0 {
-            format!("{}.log", self.base)
-        } else {
-            format!("{}-{suffix}.log", self.base)
-        }
-    }
-
-    fn create_named(&self, path: &Path, header: &str) -> io::Result<File> {
-        let mut file = crate::files::create_new(path)?;
-        file.write_all(header.as_bytes())?;
-        Ok(file)
-    }
+fn create_named(path: &Path, header: &str) -> io::Result<File> {
+    let mut file = crate::files::create_new(path)?;
+    file.write_all(header.as_bytes())?;
+    Ok(file)
 }
 
 /// Gives an O_TMPFILE file the name `path`; fails with `AlreadyExists` if
@@ -188,36 +125,6 @@ fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
         nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
     )
     .map_err(io::Error::from)
-}
-
-/// Picks the run logs to delete. `entries` must be sorted oldest first
-/// (as [`scan`] returns them and the supervisor appends new runs); the
-/// newest is never picked, nor is `protect`.
-pub fn select_for_deletion(
-    entries: &[RunLogEntry],
-    policy: &RetentionPolicy,
-    now: SystemTime,
-    protect: Option<&str>,
-) -> Vec<String> {
-    let mut doomed = Vec::new();
-    let mut kept_bytes = 0u64;
-    let mut kept = 0usize;
-    for (index, entry) in entries.iter().rev().enumerate() {
-        let protected = index == 0 || protect == Some(entry.name.as_str());
-        let too_many = policy.keep > 0 && kept >= policy.keep;
-        let too_old = policy.max_age.is_some_and(|age| {
-            now.duration_since(entry.modified)
-                .is_ok_and(|elapsed| elapsed > age)
-        });
-        let too_big = policy.max_bytes > 0 && kept_bytes + entry.size > policy.max_bytes;
-        if !protected && (too_many || too_old || too_big) {
-            doomed.push(entry.name.clone());
-        } else {
-            kept += 1;
-            kept_bytes += entry.size;
-        }
-    }
-    doomed
 }
 
 /// Lists the run logs in `runs_dir` (regular files with a run-log name;
@@ -348,47 +255,10 @@ fn normalize(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn at(seconds: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
-    }
-
-    fn entry(name: &str, age_from: u64, size: u64) -> RunLogEntry {
-        RunLogEntry {
-            name: name.to_string(),
-            modified: at(age_from),
-            size,
-        }
-    }
-
-    #[test]
-    fn names_are_utc_compact() {
-        assert_eq!(base_name(at(1_764_098_466)), "20251125T192106Z");
-    }
-
-    #[test]
-    fn sort_key_orders_suffixes_after_the_plain_name() {
-        let mut names = vec![
-            "20260101T000000Z-2.log",
-            "20260101T000000Z.log",
-            "20260101T000000Z-10.log",
-            "20260101T000000Z-1.log",
-            "20251231T235959Z.log",
-        ];
-        names.sort_by_key(|n| sort_key(n));
-        assert_eq!(
-            names,
-            [
-                "20251231T235959Z.log",
-                "20260101T000000Z.log",
-                "20260101T000000Z-1.log",
-                "20260101T000000Z-2.log",
-                "20260101T000000Z-10.log"
-            ]
-        );
-        assert_eq!(sort_key("notes.txt"), None);
-        assert_eq!(sort_key("2026.log"), None);
-        assert_eq!(sort_key("20260101T000000Z-x.log"), None);
     }
 
     #[test]
@@ -407,63 +277,6 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&first).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o640, 0, "mode {mode:o}");
-    }
-
-    #[test]
-    fn retention_by_count_age_and_bytes() {
-        let logs = vec![
-            entry("20260101T000001Z.log", 100, 10),
-            entry("20260101T000002Z.log", 200, 10),
-            entry("20260101T000003Z.log", 300, 10),
-            entry("20260101T000004Z.log", 400, 10),
-        ];
-        let none = RetentionPolicy {
-            keep: 0,
-            max_age: None,
-            max_bytes: 0,
-        };
-        assert!(select_for_deletion(&logs, &none, at(1000), None).is_empty());
-        let by_count = RetentionPolicy { keep: 2, ..none };
-        assert_eq!(
-            select_for_deletion(&logs, &by_count, at(1000), None),
-            ["20260101T000002Z.log", "20260101T000001Z.log"]
-        );
-        let by_age = RetentionPolicy {
-            max_age: Some(Duration::from_secs(850)),
-            ..none
-        };
-        assert_eq!(
-            select_for_deletion(&logs, &by_age, at(1000), None),
-            ["20260101T000001Z.log"]
-        );
-        let by_bytes = RetentionPolicy {
-            max_bytes: 25,
-            ..none
-        };
-        assert_eq!(
-            select_for_deletion(&logs, &by_bytes, at(1000), None),
-            ["20260101T000002Z.log", "20260101T000001Z.log"]
-        );
-    }
-
-    #[test]
-    fn retention_never_picks_the_newest_or_the_protected() {
-        let logs = vec![
-            entry("20260101T000001Z.log", 0, 100),
-            entry("20260101T000002Z.log", 0, 100),
-        ];
-        let strict = RetentionPolicy {
-            keep: 0,
-            max_age: Some(Duration::from_secs(1)),
-            max_bytes: 1,
-        };
-        assert_eq!(
-            select_for_deletion(&logs, &strict, at(1000), None),
-            ["20260101T000001Z.log"]
-        );
-        assert!(
-            select_for_deletion(&logs, &strict, at(1000), Some("20260101T000001Z.log")).is_empty()
-        );
     }
 
     #[test]

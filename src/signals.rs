@@ -4,7 +4,7 @@
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::supervisor::Command;
+use crate::command::Command;
 
 /// The handlers, installed: from now on these signals no longer kill
 /// jobloop, even as PID 1.

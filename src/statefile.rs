@@ -10,13 +10,11 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
-use crate::supervisor::state::Snapshot;
+use crate::state::{Snapshot, StoredState};
 
 /// Name of the state file.
 pub const STATE_FILE: &str = "state.json";
@@ -73,10 +71,10 @@ impl StateDir {
         fs::rename(&temp, self.dir.join(STATE_FILE))
     }
 
-    /// Reads state.json as JSON, if there is a readable one.
-    pub fn read_state(&self) -> Option<serde_json::Value> {
+    /// Reads state.json back, typed, if there is a readable one.
+    pub fn read_state(&self) -> Option<StoredState> {
         let bytes = fs::read(self.dir.join(STATE_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        StoredState::from_json(&bytes).ok()
     }
 
     /// Makes the marker `name` present or absent.
@@ -108,7 +106,9 @@ pub struct StateWriter {
 
 impl StateWriter {
     /// Starts writing every snapshot published on `snapshots`; stops after
-    /// writing the last one once the sender is gone.
+    /// writing the last one once the sender is gone. `on_error` is called
+    /// on every failed write (the caller counts them), from the writer's
+    /// thread.
     ///
     /// # Errors
     ///
@@ -116,7 +116,7 @@ impl StateWriter {
     pub fn spawn(
         dir: StateDir,
         mut snapshots: watch::Receiver<Snapshot>,
-        metrics: Arc<Metrics>,
+        on_error: impl Fn() + Send + 'static,
     ) -> io::Result<StateWriter> {
         let thread = std::thread::Builder::new().name("jobloop-state".into()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -134,7 +134,7 @@ impl StateWriter {
                         }
                         Ok(()) => {}
                         Err(error) => {
-                            metrics.state_write_errors.inc();
+                            on_error();
                             // Logged once per failing spell, not per write.
                             if !failing {
                                 tracing::error!(dir = %dir.path().display(), %error,
@@ -170,7 +170,30 @@ mod tests {
         let state = StateDir::new(dir.path());
         state.write_state(b"{\"status\":\"idle\"}\n").unwrap();
         assert_eq!(fs::read_to_string(victim.path()).unwrap(), "");
-        assert_eq!(state.read_state().unwrap()["status"], "idle");
+        assert_eq!(
+            state.read_state().unwrap().status,
+            Some(crate::state::Status::Idle)
+        );
+    }
+
+    #[test]
+    fn writer_reports_failed_writes_through_its_callback() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = StateDir::new(dir.path().join("not-created"));
+        let errors = Arc::new(AtomicU32::new(0));
+        let counted = errors.clone();
+        let (publisher, snapshots) =
+            watch::channel(Snapshot::starting(std::time::SystemTime::now()));
+        let writer = StateWriter::spawn(missing, snapshots, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        publisher.send_modify(|state| state.iteration = 1);
+        drop(publisher);
+        writer.join();
+        assert!(errors.load(Ordering::SeqCst) >= 1);
     }
 
     #[test]

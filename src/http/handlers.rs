@@ -8,7 +8,7 @@ use axum::Extension;
 use tokio::sync::oneshot;
 
 use super::{AppState, Peer};
-use crate::supervisor::{Command, ResumeAnswer};
+use crate::command::{Command, ResumeAnswer};
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()

@@ -29,9 +29,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::connections::{Admission, Registry, Tracked};
 use crate::limits::Descriptors;
 
+use crate::command::Command;
 use crate::metrics::Metrics;
-use crate::supervisor::state::Snapshot;
-use crate::supervisor::Command;
+use crate::state::Snapshot;
 
 /// Longest wait for a request's headers (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(8);
@@ -292,8 +292,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Router, admi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::state::Status;
-    use crate::supervisor::ResumeAnswer;
+    use crate::command::ResumeAnswer;
+    use crate::state::Status;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;

@@ -6,18 +6,22 @@
 //! spans: it reports facts ([`RunReport`]) and the supervisor decides.
 
 pub mod auth;
+mod control;
+mod output;
 pub mod reaper;
 
+pub use control::{Child, Os, RunEvent, Runner, Shutdowns, StopPolicy};
+pub use output::OutputStats;
+
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use regex::bytes::Regex;
-use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -28,9 +32,6 @@ use auth::AuthMatcher;
 /// the jobloop instance, so a restarted jobloop can find what a killed one
 /// left running, without trusting a pid that may have been reused.
 pub const INSTANCE_VAR: &str = "JOBLOOP_INSTANCE";
-
-/// Size of one read from the job's output pipe.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// Pipe buffer asked of the kernel, so a chatty job blocks less often.
 const PIPE_SIZE: i32 = 1 << 20;
@@ -72,21 +73,6 @@ impl SpawnFailure {
             SpawnFailure::Other => "check the command and the system's process limits",
         }
     }
-}
-
-/// What happened to the job's output.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutputStats {
-    /// Bytes read from the job.
-    pub bytes_read: u64,
-    /// Bytes written to the run log (after the header).
-    pub bytes_written: u64,
-    /// Bytes read but not written because of AGENT_RUN_LOG_MAX_BYTES.
-    pub bytes_dropped: u64,
-    /// The first error writing the run log, if any.
-    pub write_error: Option<String>,
-    /// The auth pattern matched a line of the output.
-    pub pattern_matched: bool,
 }
 
 /// The facts of one finished run.
@@ -143,7 +129,7 @@ struct Pump {
 
 /// A running child in its own process group.
 pub struct Process {
-    child: Child,
+    child: tokio::process::Child,
     pid: u32,
     pump: Option<Pump>,
     /// `RUN_LOG=<path>`: inherited by every descendant of a job, so those
@@ -189,7 +175,7 @@ impl Process {
         let (matched_tx, matched_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let matcher = AuthMatcher::new(spec.pattern);
-        let task = tokio::spawn(pump(
+        let task = tokio::spawn(output::pump(
             receiver,
             spec.log,
             spec.log_limit,
@@ -234,7 +220,7 @@ impl Process {
         Ok(Process::new(child, pid, None))
     }
 
-    fn new(child: Child, pid: u32, pump: Option<Pump>) -> Process {
+    fn new(child: tokio::process::Child, pid: u32, pump: Option<Pump>) -> Process {
         Process {
             child,
             pid,
@@ -256,7 +242,7 @@ impl Process {
 
     /// Waits for the child to exit, sending SIGKILL when a stop's grace runs
     /// out. Cancel-safe.
-    pub async fn wait(&mut self) -> ExitStatus {
+    async fn wait(&mut self) -> ExitStatus {
         let status = loop {
             if let Some(status) = self.exit {
                 break status;
@@ -295,15 +281,20 @@ impl Process {
     /// Takes the signal that fires once when the auth pattern matches the
     /// job's output (`None` for a child without an output pump, or when
     /// already taken).
-    pub fn take_auth_signal(&mut self) -> Option<oneshot::Receiver<()>> {
+    fn take_auth_signal(&mut self) -> Option<oneshot::Receiver<()>> {
         self.pump.as_mut().and_then(|pump| pump.matched.take())
     }
 
     /// Asks the whole group (and what escaped it) to stop: SIGTERM now,
     /// SIGKILL after `grace` unless it is gone.
-    pub fn stop(&mut self, grace: Duration) {
-        let deadline = Instant::now() + grace;
-        self.kill_at = Some(self.kill_at.map_or(deadline, |at| at.min(deadline)));
+    fn stop(&mut self, grace: Duration) {
+        // A grace too long to represent is no deadline at all (#12).
+        let deadline = Instant::now().checked_add(grace);
+        self.kill_at = match (self.kill_at, deadline) {
+            (Some(at), Some(deadline)) => Some(at.min(deadline)),
+            (at, None) => at,
+            (None, deadline) => deadline,
+        };
         if !self.term_sent {
             self.term_sent = true;
             reaper::signal_job(self.pid, self.marker.as_deref(), Signal::SIGTERM);
@@ -311,26 +302,26 @@ impl Process {
     }
 
     /// Marks the stop as a timeout and stops the child.
-    pub fn stop_for_timeout(&mut self, grace: Duration) {
+    fn stop_for_timeout(&mut self, grace: Duration) {
         self.timed_out = true;
         self.stop(grace);
     }
 
     /// Marks the stop as an auth kill and stops the child.
-    pub fn stop_for_auth(&mut self, grace: Duration) {
+    fn stop_for_auth(&mut self, grace: Duration) {
         self.auth_killed = true;
         self.stop(grace);
     }
 
     /// Sends SIGKILL to the whole group and what escaped it, now.
-    pub fn kill_now(&mut self) {
+    fn kill_now(&mut self) {
         self.kill_sent = true;
         self.term_sent = true;
         reaper::signal_job(self.pid, self.marker.as_deref(), Signal::SIGKILL);
     }
 
     /// True once jobloop has asked the child to stop.
-    pub fn is_stopping(&self) -> bool {
+    fn is_stopping(&self) -> bool {
         self.term_sent
     }
 
@@ -339,7 +330,7 @@ impl Process {
     /// Output still held open by a grandchild is read for at most
     /// `drain_wait` after the job exited. When jobloop stopped the job,
     /// whatever is left of its group and its escaped descendants is killed.
-    pub async fn finish(mut self, status: ExitStatus, drain_wait: Duration) -> RunReport {
+    async fn finish(mut self, status: ExitStatus, drain_wait: Duration) -> RunReport {
         if self.term_sent {
             reaper::signal_job(self.pid, self.marker.as_deref(), Signal::SIGKILL);
         }
@@ -374,84 +365,4 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Copies the job's output to the run log, in arrival order, scanning it.
-///
-/// Past `limit` the output is still read and scanned, only not written;
-/// the log then ends with one line saying how much was dropped (SPEC §3).
-async fn pump(
-    mut receiver: pipe::Receiver,
-    mut log: Option<File>,
-    limit: u64,
-    mut matcher: AuthMatcher,
-    matched: oneshot::Sender<()>,
-    mut stop: oneshot::Receiver<()>,
-) -> OutputStats {
-    let mut stats = OutputStats::default();
-    let mut matched = Some(matched);
-    let mut buffer = vec![0u8; READ_CHUNK];
-    let mut last_written = b'\n';
-    loop {
-        let read = tokio::select! {
-            biased;
-            read = receiver.read(&mut buffer) => read,
-            _ = &mut stop => break,
-        };
-        let count = match read {
-            Ok(0) => break,
-            Ok(count) => count,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let chunk = &buffer[..count];
-        stats.bytes_read += count as u64;
-        let now_matched = matcher.feed(chunk) || (count < READ_CHUNK && matcher.search_pending());
-        if now_matched {
-            if let Some(sender) = matched.take() {
-                let _ = sender.send(());
-            }
-        }
-        let room = if limit == 0 {
-            count as u64
-        } else {
-            limit.saturating_sub(stats.bytes_written)
-        };
-        let keep = (count as u64).min(room) as usize;
-        stats.bytes_dropped += (count - keep) as u64;
-        if keep > 0 {
-            if let Some(file) = log.as_mut() {
-                match file.write_all(&chunk[..keep]) {
-                    Ok(()) => {
-                        stats.bytes_written += keep as u64;
-                        last_written = chunk[keep - 1];
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "cannot write the run log; the rest of this run's output is scanned but not kept");
-                        stats.write_error = Some(error.to_string());
-                        log = None;
-                    }
-                }
-            }
-        }
-    }
-    if matcher.search_pending() {
-        if let Some(sender) = matched.take() {
-            let _ = sender.send(());
-        }
-    }
-    stats.pattern_matched = matcher.is_matched();
-    if stats.bytes_dropped > 0 {
-        if let Some(file) = log.as_mut() {
-            let newline = if last_written == b'\n' { "" } else { "\n" };
-            let line = format!(
-                "{newline}# jobloop truncated: dropped={} limit={}\n",
-                stats.bytes_dropped, limit
-            );
-            if let Err(error) = file.write_all(line.as_bytes()) {
-                stats.write_error.get_or_insert(error.to_string());
-            }
-        }
-    }
-    stats
 }

@@ -1,8 +1,8 @@
 //! Classification of a finished run, in SPEC §2's order. Pure: no I/O, no
 //! clock, so every path is a table test.
 
-use super::state::{Outcome, Reason, Status};
 use crate::runner::{RunReport, SpawnFailure};
+use crate::state::{Outcome, Reason, Status};
 
 /// What the loop does after a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,13 +1,16 @@
 //! The daemon's state: the one value every view (state.json, `/health`,
-//! `/state`, metrics, `jobloop status`) is derived from.
+//! `/state`, metrics, `jobloop status`) is derived from, and the closed
+//! sets of words that reach a file, a metric label or a span.
 //!
-//! Only the supervisor changes it, and only through the transitions in
-//! [`Status::can_become`]. Each enum that reaches a file, a label or a span
-//! has one `as_str`, pinned to SPEC by the tests below.
+//! A leaf: it imports nothing of the crate, so every other module may use
+//! it. Only the supervisor changes a [`Snapshot`], and only through the
+//! transitions in [`Status::can_become`]. Each enum that reaches a file, a
+//! label or a span has one `as_str`, pinned to SPEC by the tests below;
+//! [`StoredState`] is the typed form of a state.json read back.
 
 use std::time::SystemTime;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where the daemon is in its life (state.json `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +120,24 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 7] = [
+        Reason::PreflightFailed,
+        Reason::MaxFailures,
+        Reason::ExitCode,
+        Reason::Pattern,
+        Reason::Timeout,
+        Reason::CommandNotFound,
+        Reason::NotExecutable,
+    ];
+
+    /// Parses the SPEC spelling.
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+    }
+
     /// The SPEC spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -160,6 +181,67 @@ impl Outcome {
             Outcome::Failure => "failure",
             Outcome::Timeout => "timeout",
             Outcome::TokenExpired => "token_expired",
+        }
+    }
+
+    /// Parses the SPEC spelling.
+    pub fn parse(text: &str) -> Option<Outcome> {
+        Outcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
+    }
+}
+
+/// How a preflight ended (metric label `result`, span attribute
+/// `jobloop.preflight.result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreflightResult {
+    /// Exit 0 within AGENT_PREFLIGHT_TIMEOUT.
+    Success,
+    /// Anything else, a failure to start included.
+    Failure,
+}
+
+impl PreflightResult {
+    /// Every result (to pre-create metric series).
+    pub const ALL: [PreflightResult; 2] = [PreflightResult::Success, PreflightResult::Failure];
+
+    /// The result of a preflight that `passed` or not.
+    pub fn of(passed: bool) -> PreflightResult {
+        if passed {
+            PreflightResult::Success
+        } else {
+            PreflightResult::Failure
+        }
+    }
+
+    /// The SPEC spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreflightResult::Success => "success",
+            PreflightResult::Failure => "failure",
+        }
+    }
+}
+
+/// The commands run after each iteration (metric label `hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// AGENT_ROTATE_CMD.
+    Rotate,
+    /// AGENT_CLEANUP_CMD, run after the rotate command.
+    Cleanup,
+}
+
+impl Hook {
+    /// Every hook, in the order they run.
+    pub const ALL: [Hook; 2] = [Hook::Rotate, Hook::Cleanup];
+
+    /// The SPEC spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Rotate => "rotate",
+            Hook::Cleanup => "cleanup",
         }
     }
 }
@@ -243,6 +325,113 @@ pub struct Snapshot {
     pub status_since: SystemTime,
 }
 
+/// A state.json read back (by a restarted jobloop, or `jobloop status`),
+/// typed. Every key is optional and read leniently: a missing key, a wrong
+/// type or an unknown word gives `None` for that key alone, so a file from
+/// another version or a tampered one still yields what it can.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct StoredState {
+    /// `status`.
+    #[serde(deserialize_with = "lenient_status")]
+    pub status: Option<Status>,
+    /// `reason`.
+    #[serde(deserialize_with = "lenient_reason")]
+    pub reason: Option<Reason>,
+    /// `currentBatchStartedAt`.
+    #[serde(deserialize_with = "lenient_time")]
+    pub current_batch_started_at: Option<SystemTime>,
+    /// `consecutiveFailures`.
+    #[serde(deserialize_with = "lenient")]
+    pub consecutive_failures: Option<u32>,
+    /// `lastBatchAt`.
+    #[serde(deserialize_with = "lenient_time")]
+    pub last_batch_at: Option<SystemTime>,
+    /// `lastBatchExit`.
+    #[serde(deserialize_with = "lenient")]
+    pub last_batch_exit: Option<i32>,
+    /// `lastOutcome`.
+    #[serde(deserialize_with = "lenient_outcome")]
+    pub last_outcome: Option<Outcome>,
+    /// `lastSuccessAt`.
+    #[serde(deserialize_with = "lenient_time")]
+    pub last_success_at: Option<SystemTime>,
+    /// `iteration`.
+    #[serde(deserialize_with = "lenient")]
+    pub iteration: Option<u64>,
+    /// `backoffSeconds`.
+    #[serde(deserialize_with = "lenient")]
+    pub backoff_seconds: Option<f64>,
+    /// `runLog`.
+    #[serde(deserialize_with = "lenient")]
+    pub run_log: Option<String>,
+    /// `traceId`.
+    #[serde(deserialize_with = "lenient")]
+    pub trace_id: Option<String>,
+    /// `pid`.
+    #[serde(deserialize_with = "lenient")]
+    pub pid: Option<u32>,
+    /// `jobPid`.
+    #[serde(deserialize_with = "lenient")]
+    pub job_pid: Option<u32>,
+    /// `version`.
+    #[serde(deserialize_with = "lenient")]
+    pub version: Option<String>,
+    /// `instance`.
+    #[serde(deserialize_with = "lenient")]
+    pub instance: Option<String>,
+    /// `statusSince`.
+    #[serde(deserialize_with = "lenient_time")]
+    pub status_since: Option<SystemTime>,
+}
+
+impl StoredState {
+    /// Parses state.json's bytes.
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a JSON object.
+    pub fn from_json(bytes: &[u8]) -> Result<StoredState, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        // serde would take an array for the fields in order.
+        if !value.is_object() {
+            return Err(serde::de::Error::custom("state.json is not a JSON object"));
+        }
+        serde_json::from_value(value)
+    }
+}
+
+/// Any JSON value, turned into `T` if it fits, else `None`.
+fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+fn lenient_word<'de, D: Deserializer<'de>, T>(
+    d: D,
+    parse: fn(&str) -> Option<T>,
+) -> Result<Option<T>, D::Error> {
+    Ok(lenient::<D, String>(d)?.as_deref().and_then(parse))
+}
+
+fn lenient_status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Status>, D::Error> {
+    lenient_word(d, Status::parse)
+}
+
+fn lenient_reason<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::Error> {
+    lenient_word(d, Reason::parse)
+}
+
+fn lenient_outcome<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Outcome>, D::Error> {
+    lenient_word(d, Outcome::parse)
+}
+
+fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    Ok(lenient::<D, String>(d)?.and_then(|text| humantime::parse_rfc3339(&text).ok()))
+}
+
 fn serialize_time_required<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*time))
 }
@@ -302,6 +491,10 @@ mod tests {
         );
         let outcomes: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
         assert_eq!(outcomes, ["success", "failure", "timeout", "token_expired"]);
+        let results: Vec<_> = PreflightResult::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(results, ["success", "failure"]);
+        let hooks: Vec<_> = Hook::ALL.iter().map(|h| h.as_str()).collect();
+        assert_eq!(hooks, ["rotate", "cleanup"]);
         let reasons = [
             (Reason::PreflightFailed, "preflight-failed"),
             (Reason::MaxFailures, "max-failures"),
@@ -317,6 +510,50 @@ mod tests {
         for status in Status::ALL {
             assert_eq!(Status::parse(status.as_str()), Some(status));
         }
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+        }
+        for outcome in Outcome::ALL {
+            assert_eq!(Outcome::parse(outcome.as_str()), Some(outcome));
+        }
+    }
+
+    #[test]
+    fn stored_state_reads_back_what_was_written() {
+        let mut snapshot = Snapshot::starting(SystemTime::UNIX_EPOCH);
+        snapshot.status = Status::Running;
+        snapshot.reason = Some(Reason::Timeout);
+        snapshot.last_outcome = Some(Outcome::TokenExpired);
+        snapshot.iteration = 7;
+        snapshot.run_log = Some("/logs/runs/x.log".into());
+        snapshot.last_batch_at = Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5));
+        let stored = StoredState::from_json(&snapshot.to_json()).unwrap();
+        assert_eq!(stored.status, Some(Status::Running));
+        assert_eq!(stored.reason, Some(Reason::Timeout));
+        assert_eq!(stored.last_outcome, Some(Outcome::TokenExpired));
+        assert_eq!(stored.iteration, Some(7));
+        assert_eq!(stored.run_log.as_deref(), Some("/logs/runs/x.log"));
+        assert_eq!(stored.last_batch_at, snapshot.last_batch_at);
+        assert_eq!(stored.instance, Some(snapshot.instance.clone()));
+        assert_eq!(stored.pid, Some(snapshot.pid));
+        assert_eq!(stored.status_since, Some(SystemTime::UNIX_EPOCH));
+    }
+
+    #[test]
+    fn stored_state_is_lenient_key_by_key() {
+        let stored = StoredState::from_json(
+            br#"{"status":"sleeping","pid":"12","iteration":3,"runLog":7,"extra":true}"#,
+        )
+        .unwrap();
+        assert_eq!(stored.status, None);
+        assert_eq!(stored.pid, None);
+        assert_eq!(stored.iteration, Some(3));
+        assert_eq!(stored.run_log, None);
+        assert!(StoredState::from_json(b"[1]").is_err());
+        assert_eq!(
+            StoredState::from_json(b"{}").unwrap(),
+            StoredState::default()
+        );
     }
 
     #[test]

@@ -1,0 +1,339 @@
+//! The children of the loop: the job of each iteration, the preflight and
+//! the rotate and cleanup hooks. Each is started through the [`Runner`] and
+//! run to its end by [`Supervisor::run_child`], the one place that hands a
+//! child to the runner's stop policy; what is left here is what the loop
+//! makes of the result: state, metrics, the span, the run log.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::classify::{classify, Next};
+use super::{Stop, Supervisor};
+use crate::runlog;
+use crate::runner::{self, Child, JobSpec, RunEvent, RunReport, Runner, StopPolicy};
+use crate::state::{Hook, Outcome, PreflightResult, Status};
+use crate::telemetry::{LoopSpan, SpanIds};
+
+/// After the job exits, how long output still held open by a grandchild is
+/// read before the iteration ends.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+impl<R: Runner> Supervisor<R> {
+    /// The limits of a child that may run `timeout`.
+    fn stop_policy(&self, timeout: Option<Duration>, drain_wait: Duration) -> StopPolicy {
+        StopPolicy {
+            timeout,
+            kill_grace: self.settings.kill_grace,
+            auth_kill: self.settings.auth_kill,
+            shutdown_grace: self.settings.shutdown_grace,
+            drain_wait,
+        }
+    }
+
+    /// Runs a started child to its end under `policy`, answering commands
+    /// meanwhile; `on_event` hears of timeouts and auth matches.
+    async fn run_child(
+        &mut self,
+        child: R::Child,
+        policy: StopPolicy,
+        on_event: impl FnMut(RunEvent),
+    ) -> RunReport {
+        self.owned_child = Some(child.pid());
+        let shutdowns = self.shutdowns.subscribe();
+        let report = self
+            .attend(child.run_to_end(policy, shutdowns, on_event))
+            .await;
+        self.owned_child = None;
+        report
+    }
+
+    /// Runs `sh -c command` to its end; `None` when `sh` cannot start.
+    async fn run_shell(&mut self, command: &str, timeout: Duration) -> std::io::Result<RunReport> {
+        let child = self.runner.spawn_shell(command, &self.state.instance)?;
+        let policy = self.stop_policy(Some(timeout), Duration::ZERO);
+        Ok(self.run_child(child, policy, |_| {}).await)
+    }
+
+    /// Runs the preflight, if one is set. Returns whether it passed.
+    pub(super) async fn preflight(&mut self) -> Result<bool, Stop> {
+        let Some(command) = self.settings.preflight_cmd.clone() else {
+            return Ok(true);
+        };
+        let span = LoopSpan::preflight();
+        tracing::info!("preflight: running AGENT_PREFLIGHT_CMD");
+        let started = Instant::now();
+        let passed = match self
+            .run_shell(&command, self.settings.preflight_timeout)
+            .await
+        {
+            Ok(report) => {
+                if report.timed_out {
+                    tracing::error!(limit = ?self.settings.preflight_timeout, "preflight timed out");
+                } else if report.exit_code != 0 {
+                    tracing::error!(
+                        exit_code = report.exit_code,
+                        "preflight failed; see its output above"
+                    );
+                }
+                report.exit_code == 0 && !report.timed_out
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the preflight with /bin/sh");
+                false
+            }
+        };
+        let result = PreflightResult::of(passed);
+        self.metrics.record_preflight(result);
+        span.set_str("jobloop.preflight.result", result.as_str());
+        span.set_int(
+            "jobloop.preflight.duration_ms",
+            i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        );
+        if passed {
+            span.set_ok();
+            tracing::info!("preflight passed");
+        } else {
+            span.set_error("preflight failed");
+        }
+        if self.shutting_down() {
+            return Err(Stop);
+        }
+        Ok(passed)
+    }
+
+    /// Runs the rotate and cleanup commands that are set (SPEC §2).
+    pub(super) async fn run_hooks(&mut self) -> Result<(), Stop> {
+        for hook in Hook::ALL {
+            let command = match hook {
+                Hook::Rotate => self.settings.rotate_cmd.clone(),
+                Hook::Cleanup => self.settings.cleanup_cmd.clone(),
+            };
+            let Some(command) = command else { continue };
+            let passed = match self.run_shell(&command, self.settings.hook_timeout).await {
+                Ok(report) => {
+                    if report.exit_code != 0 {
+                        tracing::warn!(
+                            hook = hook.as_str(),
+                            exit_code = report.exit_code,
+                            timed_out = report.timed_out,
+                            "hook failed; carrying on"
+                        );
+                    }
+                    report.exit_code == 0
+                }
+                Err(error) => {
+                    tracing::warn!(hook = hook.as_str(), %error, "cannot start the hook with /bin/sh; carrying on");
+                    false
+                }
+            };
+            if !passed {
+                self.metrics.record_hook_failure(hook);
+            }
+            if self.shutting_down() {
+                return Err(Stop);
+            }
+        }
+        Ok(())
+    }
+
+    /// One run of the job, from its run log to its classification.
+    pub(super) async fn iteration(&mut self) -> Result<Next, Stop> {
+        self.state.iteration = self.state.iteration.saturating_add(1);
+        let iteration = self.state.iteration;
+        let started_wall = SystemTime::now();
+        let started = Instant::now();
+        let span = LoopSpan::iteration(iteration);
+        let ids = span.ids();
+
+        let (run_log, log_file) = self.open_run_log(iteration, &ids, started_wall);
+        let run_log_text = run_log.display().to_string();
+        self.set_status(Status::Running);
+        self.state.reason = None;
+        self.state.current_batch_started_at = Some(started_wall);
+        self.state.run_log = Some(run_log_text.clone());
+        self.state.trace_id = Some(ids.trace_id.clone());
+        self.state.backoff_seconds = 0.0;
+        self.state.job_pid = None;
+
+        let spec = JobSpec {
+            argv: &self.settings.command,
+            env: vec![
+                ("RUN_LOG", run_log_text.clone()),
+                ("JOBLOOP_ITERATION", iteration.to_string()),
+                ("TRACEPARENT", ids.traceparent()),
+                (runner::INSTANCE_VAR, self.state.instance.clone()),
+            ],
+            log: log_file,
+            log_limit: self.settings.run_log_max_bytes,
+            pattern: self.settings.auth_pattern.clone(),
+        };
+        let mut job_pid = None;
+        let report = match self.runner.spawn_job(spec) {
+            Ok(child) => {
+                let pid = child.pid();
+                job_pid = Some(pid);
+                self.state.job_pid = Some(pid);
+                self.publish();
+                tracing::debug!(iteration, pid, run_log = %run_log_text, trace_id = %ids.trace_id, "job started");
+                let policy = self.stop_policy(self.settings.job_timeout, DRAIN_WAIT);
+                self.run_child(child, policy, |event| span.event(event.as_str()))
+                    .await
+            }
+            Err((failure, error)) => {
+                self.publish();
+                let program = &self.settings.command[0];
+                tracing::error!(iteration, program = %program, %error, advice = failure.advice(),
+                    run_log = %run_log_text, trace_id = %ids.trace_id, "cannot start the job");
+                crate::files::append_line(
+                    &run_log,
+                    &format!(
+                        "# jobloop: cannot start '{program}': {error} ({})\n",
+                        failure.advice()
+                    ),
+                );
+                RunReport {
+                    exit_code: failure.exit_code(),
+                    spawn_failure: Some(failure),
+                    ..RunReport::default()
+                }
+            }
+        };
+        self.runner.reap_orphans(None);
+        let duration = started.elapsed();
+        let ended = SystemTime::now();
+        let verdict = classify(
+            &report,
+            self.settings.auth_exit_code,
+            self.state.consecutive_failures,
+            self.settings.max_failures,
+        );
+
+        self.record_output(&report);
+        self.metrics
+            .record_run(verdict.outcome, duration.as_secs_f64());
+        self.annotate_span(
+            &span,
+            &report,
+            verdict.outcome,
+            verdict.consecutive_failures,
+            job_pid,
+            &run_log,
+        );
+        self.index_run_log(&run_log, ended);
+
+        self.state.last_batch_at = Some(ended);
+        self.state.last_batch_exit = Some(report.exit_code);
+        self.state.last_outcome = Some(verdict.outcome);
+        self.state.consecutive_failures = verdict.consecutive_failures;
+        self.state.reason = verdict.reason;
+        self.state.job_pid = None;
+        if verdict.outcome == Outcome::Success {
+            self.state.last_success_at = Some(ended);
+        }
+        tracing::info!(
+            iteration,
+            outcome = verdict.outcome.as_str(),
+            exit_code = report.exit_code,
+            duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            consecutive_failures = verdict.consecutive_failures,
+            run_log = %run_log_text,
+            trace_id = %ids.trace_id,
+            "iteration finished"
+        );
+        self.last_span = Some(ids);
+        drop(span);
+
+        if self.shutting_down() {
+            self.publish();
+            return Err(Stop);
+        }
+        self.after_run(verdict.next);
+        self.publish();
+        Ok(verdict.next)
+    }
+
+    /// Creates the run log with its header. When it cannot be created the
+    /// run goes on unlogged (its output is still scanned), and the error is
+    /// logged and counted.
+    fn open_run_log(
+        &mut self,
+        iteration: u64,
+        ids: &SpanIds,
+        start: SystemTime,
+    ) -> (PathBuf, Option<std::fs::File>) {
+        let header = runlog::header(iteration, &ids.trace_id, &ids.span_id, start);
+        match runlog::create_next(&mut self.namer, &self.runs_dir, start, &header) {
+            Ok((path, file)) => (path, Some(file)),
+            Err(error) => {
+                self.metrics.run_log_write_errors.inc();
+                let path = self
+                    .runs_dir
+                    .join(format!("{}.log", crate::naming::base_name(start)));
+                tracing::error!(iteration, dir = %self.runs_dir.display(), %error,
+                    "cannot create the run log; running the job without one");
+                (path, None)
+            }
+        }
+    }
+
+    fn record_output(&self, report: &RunReport) {
+        let output = &report.output;
+        self.metrics.run_log_bytes.inc_by(output.bytes_read);
+        if output.bytes_dropped > 0 {
+            self.metrics.run_log_truncated.inc();
+        }
+        if output.write_error.is_some() {
+            self.metrics.run_log_write_errors.inc();
+        }
+    }
+
+    /// The attributes and status of SPEC §8 on the iteration's span.
+    fn annotate_span(
+        &self,
+        span: &LoopSpan,
+        report: &RunReport,
+        outcome: Outcome,
+        consecutive_failures: u32,
+        job_pid: Option<u32>,
+        run_log: &Path,
+    ) {
+        span.set_str("jobloop.outcome", outcome.as_str());
+        span.set_int("process.exit.code", i64::from(report.exit_code));
+        if let Some(pid) = job_pid {
+            span.set_int("process.pid", i64::from(pid));
+        }
+        let program = Path::new(&self.settings.command[0]);
+        let executable = program.file_name().map_or_else(
+            || program.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        span.set_str("process.executable.name", executable);
+        span.set_str("log.file.path", run_log.display().to_string());
+        span.set_str(
+            "log.file.name",
+            run_log
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        span.set_int(
+            "jobloop.consecutive_failures",
+            i64::from(consecutive_failures),
+        );
+        span.set_int(
+            "jobloop.output.bytes",
+            i64::try_from(report.output.bytes_read).unwrap_or(i64::MAX),
+        );
+        if report.killed || report.auth_killed || report.timed_out {
+            span.event("killed");
+        }
+        match outcome {
+            Outcome::Success => span.set_ok(),
+            Outcome::Failure => span.set_error("the job failed"),
+            Outcome::Timeout => span.set_error("the job timed out"),
+            Outcome::TokenExpired => span.set_error("the credentials expired"),
+        }
+    }
+}
