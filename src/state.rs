@@ -392,7 +392,15 @@ impl StoredState {
     ///
     /// When the bytes are not a JSON object.
     pub fn from_json(bytes: &[u8]) -> Result<StoredState, serde_json::Error> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        StoredState::from_value(serde_json::from_slice(bytes)?)
+    }
+
+    /// Reads an already parsed state.json (or `/state` answer).
+    ///
+    /// # Errors
+    ///
+    /// When the value is not a JSON object.
+    pub fn from_value(value: serde_json::Value) -> Result<StoredState, serde_json::Error> {
         // serde would take an array for the fields in order.
         if !value.is_object() {
             return Err(serde::de::Error::custom("state.json is not a JSON object"));

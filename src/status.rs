@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cli::StatusArgs;
 use crate::config::table::setting;
+use crate::state::{rfc3339, Outcome, Status, StoredState};
 
 /// Where `status` looks when neither flag nor AGENT_STATE_DIR is given.
 const DEFAULT_URL: &str = "http://127.0.0.1:9464";
@@ -57,16 +58,29 @@ pub fn run(args: &StatusArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let stored = match StoredState::from_value(state.clone()) {
+        Ok(stored) => stored,
+        Err(error) => {
+            eprintln!(
+                "jobloop status: {}: {}",
+                escape(&source),
+                escape(&error.to_string())
+            );
+            return ExitCode::from(2);
+        }
+    };
     if args.json {
         println!(
             "{}",
             escape_json(&serde_json::to_string_pretty(&state).unwrap_or_default())
         );
     } else {
-        print!("{}", summary(&state, &escape(&source), SystemTime::now()));
+        print!("{}", summary(&stored, &escape(&source), SystemTime::now()));
     }
-    match state["status"].as_str() {
-        Some("unhealthy" | "token-expired" | "stopped") | None => ExitCode::from(1),
+    match stored.status {
+        Some(Status::Unhealthy | Status::TokenExpired | Status::Stopped) | None => {
+            ExitCode::from(1)
+        }
         Some(_) => ExitCode::SUCCESS,
     }
 }
@@ -188,70 +202,83 @@ fn fetch(url: &str) -> Result<serde_json::Value, String> {
         .map_err(|e| format!("{url}/state is not JSON: {e}"))
 }
 
-fn ago(value: &serde_json::Value, now: SystemTime) -> String {
-    let Some(text) = value.as_str() else {
+fn ago(time: Option<SystemTime>, now: SystemTime) -> String {
+    let Some(time) = time else {
         return "never".to_string();
     };
-    let text = &escape(text);
-    match humantime::parse_rfc3339(text) {
-        Ok(time) => match now.duration_since(time) {
-            Ok(elapsed) => format!(
-                "{text} ({} ago)",
-                humantime::format_duration(Duration::from_secs(elapsed.as_secs()))
-            ),
-            Err(_) => text.to_string(),
-        },
-        Err(_) => text.to_string(),
+    let text = rfc3339(time);
+    match now.duration_since(time) {
+        Ok(elapsed) => format!(
+            "{text} ({} ago)",
+            humantime::format_duration(Duration::from_secs(elapsed.as_secs()))
+        ),
+        Err(_) => text,
     }
 }
 
-/// The summary lines; every value from `state` has its control characters
-/// escaped.
-pub fn summary(state: &serde_json::Value, source: &str, now: SystemTime) -> String {
-    let field = |key: &str| match &state[key] {
-        serde_json::Value::Null => "-".to_string(),
-        serde_json::Value::String(s) => escape(s),
-        other => escape(&other.to_string()),
-    };
+/// A field's value for the summary: `-` when absent or of the wrong type,
+/// control characters escaped.
+fn shown<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |v| escape(&v.to_string()))
+}
+
+/// The summary lines of a state read back; every text from it has its
+/// control characters escaped.
+pub fn summary(state: &StoredState, source: &str, now: SystemTime) -> String {
+    let word = |w: Option<&'static str>| w.unwrap_or("-");
     let mut out = String::new();
-    out.push_str(&format!("status:               {}", field("status")));
-    if !state["reason"].is_null() {
-        out.push_str(&format!(" ({})", field("reason")));
+    out.push_str(&format!(
+        "status:               {}",
+        word(state.status.map(Status::as_str))
+    ));
+    if let Some(reason) = state.reason {
+        out.push_str(&format!(" ({})", reason.as_str()));
     }
     out.push('\n');
     out.push_str(&format!(
         "since:                {}\n",
-        ago(&state["statusSince"], now)
+        ago(state.status_since, now)
     ));
-    out.push_str(&format!("iteration:            {}\n", field("iteration")));
+    out.push_str(&format!(
+        "iteration:            {}\n",
+        shown(&state.iteration)
+    ));
     out.push_str(&format!(
         "last run:             {} exit={} at {}\n",
-        field("lastOutcome"),
-        field("lastBatchExit"),
-        ago(&state["lastBatchAt"], now)
+        word(state.last_outcome.map(Outcome::as_str)),
+        shown(&state.last_batch_exit),
+        ago(state.last_batch_at, now)
     ));
     out.push_str(&format!(
         "last success:         {}\n",
-        ago(&state["lastSuccessAt"], now)
+        ago(state.last_success_at, now)
     ));
     out.push_str(&format!(
         "consecutive failures: {}\n",
-        field("consecutiveFailures")
+        shown(&state.consecutive_failures)
     ));
     out.push_str(&format!(
         "backoff:              {}s\n",
-        field("backoffSeconds")
+        shown(&state.backoff_seconds)
     ));
-    out.push_str(&format!("run log:              {}\n", field("runLog")));
-    out.push_str(&format!("trace id:             {}\n", field("traceId")));
+    out.push_str(&format!(
+        "run log:              {}\n",
+        shown(&state.run_log)
+    ));
+    out.push_str(&format!(
+        "trace id:             {}\n",
+        shown(&state.trace_id)
+    ));
     out.push_str(&format!(
         "pid / job pid:        {} / {}\n",
-        field("pid"),
-        field("jobPid")
+        shown(&state.pid),
+        shown(&state.job_pid)
     ));
     out.push_str(&format!(
         "source:               {source} (jobloop {})\n",
-        field("version")
+        shown(&state.version)
     ));
     out
 }
@@ -269,6 +296,7 @@ mod tests {
             "statusSince": "2026-11-25T10:00:00.000Z", "version": "0.1.0", "lastOutcome": "token_expired"
         });
         let now = humantime::parse_rfc3339("2026-11-25T10:01:00Z").unwrap();
+        let state = StoredState::from_value(state).unwrap();
         let text = summary(&state, "state.json", now);
         assert!(text.contains("token-expired (pattern)"), "{text}");
         assert!(text.contains("(1m ago)"), "{text}");
@@ -282,9 +310,11 @@ mod tests {
             "status": "idle\u{1b}[2J", "reason": "x\u{9b}31m", "runLog": "/x\u{7}\u{202e}gol.exe",
             "lastBatchAt": "\u{1b}]0;pwned\u{7}", "iteration": {"k": "\u{85}"},
         });
-        let text = summary(&state, "state.json", SystemTime::now());
+        let stored = StoredState::from_value(state.clone()).unwrap();
+        let text = summary(&stored, "state.json", SystemTime::now());
         assert!(!text.chars().any(|c| is_unsafe(c) && c != '\n'), "{text:?}");
-        assert!(text.contains("idle\\u{1b}[2J (x\\u{9b}31m)"), "{text}");
+        // Words that are not the contract's are not shown at all.
+        assert!(text.contains("status:               -\n"), "{text}");
         assert!(text.contains("/x\\u{7}\\u{202e}gol.exe"), "{text}");
         let json = escape_json(&serde_json::to_string_pretty(&state).unwrap());
         assert!(!json.chars().any(|c| is_unsafe(c) && c != '\n'), "{json:?}");
