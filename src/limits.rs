@@ -1,7 +1,7 @@
 //! The process's descriptor budget (SPEC §6, 0.2): at start jobloop raises
 //! its soft `RLIMIT_NOFILE` to the hard limit and notes how many descriptors
 //! are already open, so the HTTP server can size its connection cap and
-//! leave a reserve for the loop (see [`crate::http::connection_cap`]).
+//! leave a reserve for the loop (the cap itself is `http::connection_cap`).
 //!
 //! A leaf module: it knows nothing of the loop or the server, only the
 //! kernel's limit and `/proc/self/fd`.
