@@ -16,6 +16,9 @@ trap 'rm -f "$log"' EXIT
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "module layers (no import cycle between the modules of src/)"
+python3 scripts/check-layers.py
+
 step "cargo clippy (warnings are errors)"
 cargo clippy --release --all-targets --locked -- -D warnings
 
