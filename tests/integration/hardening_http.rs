@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::util::{free_port, Harness};
+use crate::util::{self, free_port, Harness};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_jobloop");
 /// The soft and hard `RLIMIT_NOFILE` the daemon runs under.
@@ -159,14 +159,8 @@ fn get(address: SocketAddr, path: &str, deadline: Duration) -> Result<(u16, Stri
             Err(e) => return Err(format!("{e} after {} bytes", response.len())),
         }
     }
-    let text = String::from_utf8_lossy(&response).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("closed without an answer ({} bytes)", response.len()))?;
-    Ok((status, body.to_string()))
+    util::parse_response(&response)
+        .ok_or_else(|| format!("closed without an answer ({} bytes)", response.len()))
 }
 
 /// The value of `series` in a Prometheus scrape, if present.

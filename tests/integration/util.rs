@@ -309,14 +309,15 @@ pub fn http(
     stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response).to_string();
+    Ok(parse_response(&response).unwrap_or((0, String::new())))
+}
+
+/// An HTTP/1.1 answer's status and body, if it has a status line.
+pub fn parse_response(response: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 impl Harness {
