@@ -396,6 +396,40 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    /// The cost of one scrape's rendering in each format, after a few runs
+    /// of every outcome (each with its exemplar): run by hand, figures in
+    /// docs/benchmarks.md. `cargo test --release --lib render_cost --
+    /// --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn render_cost() {
+        let metrics = Metrics::new();
+        metrics.observe(&Snapshot::starting(SystemTime::now()));
+        let trace = RunTrace {
+            trace_id: "0af7651916cd43dd8448eb211c80319c",
+            span_id: "b7ad6b7169203331",
+        };
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            for seconds in [0.05, 0.7, 42.0, 5000.0] {
+                metrics.observe_iteration(outcome, seconds * (i + 1) as f64, Some(trace));
+            }
+        }
+        let time = |name: &str, render: &dyn Fn() -> String| {
+            let rounds = 20_000;
+            let mut bytes = 0;
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                bytes = std::hint::black_box(render()).len();
+            }
+            let each = started.elapsed() / rounds;
+            println!("{name}: {each:?} per scrape, {bytes} bytes");
+        };
+        time("text 0.0.4", &|| metrics.render());
+        time("OpenMetrics", &|| metrics.render_openmetrics());
+        time("text 0.0.4", &|| metrics.render());
+        time("OpenMetrics", &|| metrics.render_openmetrics());
+    }
+
     /// The names live once, in [`Metrics::new`]; the golden exposition
     /// in tests/ pins them to SPEC §7. Here: every registered family is
     /// rendered, and every label value comes from its enum, pre-created.
