@@ -6,7 +6,7 @@
 //! disagree with state.json. Counters count events. Labels come only from
 //! closed sets (outcome, state, result, hook); paths, pids and trace ids go
 //! to spans and logs instead. Trace ids reach `/metrics` only as
-//! exemplars, in the OpenMetrics answer ([`openmetrics`]).
+//! exemplars, in the OpenMetrics answer (`metrics/openmetrics.rs`).
 
 mod openmetrics;
 

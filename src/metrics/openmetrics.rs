@@ -58,12 +58,20 @@ impl RunTrace<'_> {
     }
 }
 
+/// The latest exemplars of one outcome's series.
+#[derive(Debug, Clone)]
+struct Latest {
+    outcome: &'static str,
+    /// On `jobloop_iterations_total{outcome}`.
+    counter: Option<Exemplar>,
+    /// On each bucket: the finite bounds in order, then `+Inf`.
+    buckets: Vec<Option<Exemplar>>,
+}
+
 /// The latest exemplar of each counter series and each bucket, by outcome.
 #[derive(Debug, Default, Clone)]
 pub struct Exemplars {
-    /// (outcome, counter's latest, each bucket's latest: the finite bounds
-    /// in order, then `+Inf`).
-    by_outcome: Vec<(&'static str, Option<Exemplar>, Vec<Option<Exemplar>>)>,
+    by_outcome: Vec<Latest>,
 }
 
 impl Exemplars {
@@ -88,40 +96,39 @@ impl Exemplars {
             value,
             timestamp,
         };
-        let index = match self.by_outcome.iter().position(|(o, _, _)| *o == outcome) {
+        let index = match self.by_outcome.iter().position(|l| l.outcome == outcome) {
             Some(index) => index,
             None => {
-                self.by_outcome
-                    .push((outcome, None, vec![None; bounds.len() + 1]));
+                self.by_outcome.push(Latest {
+                    outcome,
+                    counter: None,
+                    buckets: vec![None; bounds.len() + 1],
+                });
                 self.by_outcome.len() - 1
             }
         };
-        let (_, counter, buckets) = &mut self.by_outcome[index];
-        *counter = Some(exemplar(1.0));
+        let latest = &mut self.by_outcome[index];
+        latest.counter = Some(exemplar(1.0));
         let bucket = bounds
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(bounds.len());
-        if let Some(slot) = buckets.get_mut(bucket) {
+        if let Some(slot) = latest.buckets.get_mut(bucket) {
             *slot = Some(exemplar(seconds));
         }
     }
 
-    fn of(
-        &self,
-        outcome: &str,
-    ) -> Option<&(&'static str, Option<Exemplar>, Vec<Option<Exemplar>>)> {
-        self.by_outcome.iter().find(|(o, _, _)| *o == outcome)
+    fn of(&self, outcome: &str) -> Option<&Latest> {
+        self.by_outcome.iter().find(|l| l.outcome == outcome)
     }
 
     fn counter(&self, outcome: &str) -> Option<&Exemplar> {
-        self.of(outcome)
-            .and_then(|(_, counter, _)| counter.as_ref())
+        self.of(outcome).and_then(|l| l.counter.as_ref())
     }
 
     fn bucket(&self, outcome: &str, index: usize) -> Option<&Exemplar> {
         self.of(outcome)
-            .and_then(|(_, _, buckets)| buckets.get(index))
+            .and_then(|l| l.buckets.get(index))
             .and_then(Option::as_ref)
     }
 }
