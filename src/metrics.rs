@@ -5,8 +5,12 @@
 //! [`Metrics::observe`] each time it publishes one, so the metrics can never
 //! disagree with state.json. Counters count events. Labels come only from
 //! closed sets (outcome, state, result, hook); paths, pids and trace ids go
-//! to spans and logs instead.
+//! to spans and logs instead. Trace ids reach `/metrics` only as
+//! exemplars, in the OpenMetrics answer (`metrics/openmetrics.rs`).
 
+mod openmetrics;
+
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use prometheus::{
@@ -15,6 +19,8 @@ use prometheus::{
 };
 
 use crate::state::{Hook, Outcome, PreflightResult, Snapshot, Status};
+
+pub use openmetrics::{RunTrace, CONTENT_TYPE as OPENMETRICS_CONTENT_TYPE};
 
 /// Buckets of `jobloop_iteration_duration_seconds`.
 ///
@@ -56,6 +62,8 @@ pub struct Metrics {
     pub run_log_write_errors: IntCounter,
     /// Failed writes of state.json or a marker.
     pub state_write_errors: IntCounter,
+    /// The latest run's exemplar on each iteration counter and bucket.
+    exemplars: Mutex<openmetrics::Exemplars>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -208,6 +216,7 @@ impl Metrics {
                 "Failed writes of state.json or a marker file.",
             )
             .expect("valid metric"),
+            exemplars: Mutex::new(openmetrics::Exemplars::default()),
             registry,
         };
         let r = &metrics.registry;
@@ -273,12 +282,36 @@ impl Metrics {
             .set(i64::from(snapshot.last_batch_exit.unwrap_or(0)));
     }
 
-    /// Records one finished run.
+    /// Records one finished run, without an exemplar.
     pub fn record_run(&self, outcome: Outcome, seconds: f64) {
+        self.observe_iteration(outcome, seconds, None);
+    }
+
+    /// Records one finished run and, with its span's ids, makes it the
+    /// exemplar of its counter series and of the duration bucket it fell in.
+    pub fn observe_iteration(&self, outcome: Outcome, seconds: f64, trace: Option<RunTrace<'_>>) {
+        // Counts first, exemplar second: a scrape in between shows the run
+        // counted under the previous exemplar, never an exemplar on a
+        // bucket that has not counted it.
         self.iterations.with_label_values(&[outcome.as_str()]).inc();
         self.iteration_duration
             .with_label_values(&[outcome.as_str()])
             .observe(seconds);
+        if let Some(trace) = trace {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.lock_exemplars()
+                .record(outcome.as_str(), &DURATION_BUCKETS, seconds, now, trace);
+        }
+    }
+
+    fn lock_exemplars(&self) -> std::sync::MutexGuard<'_, openmetrics::Exemplars> {
+        // A panic while holding it cannot leave it half-written in a way
+        // that matters: at worst one exemplar is missing.
+        self.exemplars
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts one preflight run.
@@ -300,6 +333,16 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buffer)
             .expect("encoding into memory cannot fail");
         String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+
+    /// OpenMetrics 1.0.0 with exemplars, `# EOF` last.
+    pub fn render_openmetrics(&self) -> String {
+        // Gathered before the lock: the `/proc` reads of the process
+        // collector must not hold up the loop's next `observe_iteration`.
+        let families = self.registry.gather();
+        // A copy, so that the loop never waits for an encoding.
+        let exemplars = self.lock_exemplars().clone();
+        openmetrics::encode(&families, &exemplars)
     }
 }
 
@@ -352,6 +395,40 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cost of one scrape's rendering in each format, after a few runs
+    /// of every outcome (each with its exemplar): run by hand, figures in
+    /// docs/benchmarks.md. `cargo test --release --lib render_cost --
+    /// --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn render_cost() {
+        let metrics = Metrics::new();
+        metrics.observe(&Snapshot::starting(SystemTime::now()));
+        let trace = RunTrace {
+            trace_id: "0af7651916cd43dd8448eb211c80319c",
+            span_id: "b7ad6b7169203331",
+        };
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            for seconds in [0.05, 0.7, 42.0, 5000.0] {
+                metrics.observe_iteration(outcome, seconds * (i + 1) as f64, Some(trace));
+            }
+        }
+        let time = |name: &str, render: &dyn Fn() -> String| {
+            let rounds = 20_000;
+            let mut bytes = 0;
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                bytes = std::hint::black_box(render()).len();
+            }
+            let each = started.elapsed() / rounds;
+            println!("{name}: {each:?} per scrape, {bytes} bytes");
+        };
+        time("text 0.0.4", &|| metrics.render());
+        time("OpenMetrics", &|| metrics.render_openmetrics());
+        time("text 0.0.4", &|| metrics.render());
+        time("OpenMetrics", &|| metrics.render_openmetrics());
+    }
 
     /// The names live once, in [`Metrics::new`]; the golden exposition
     /// in tests/ pins them to SPEC §7. Here: every registered family is

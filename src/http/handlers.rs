@@ -23,17 +23,49 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-/// `GET /metrics`: the Prometheus text format.
-pub async fn metrics(State(app): State<AppState>) -> Response {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
+/// `GET /metrics`: OpenMetrics with exemplars when the `Accept` header asks
+/// for it (as Prometheus does), else the Prometheus text format 0.0.4.
+pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (content_type, body) = if wants_openmetrics(&accept) {
+        (
+            crate::metrics::OPENMETRICS_CONTENT_TYPE,
+            app.metrics.render_openmetrics(),
+        )
+    } else {
+        (
             "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
-        .into_response()
+            app.metrics.render(),
+        )
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// True when `accept` prefers `application/openmetrics-text` (any version)
+/// at least as much as the text format: its best `q` is above zero and not
+/// below that of `text/plain`, `text/*` or `*/*`.
+fn wants_openmetrics(accept: &str) -> bool {
+    let mut openmetrics = 0.0_f64;
+    let mut text = 0.0_f64;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|param| param.split_once('='))
+            .find(|(key, _)| key.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, value)| value.trim().parse().unwrap_or(0.0));
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
 }
 
 /// `GET /health`: the state JSON; 503 while halted (the seed's health server).
@@ -212,4 +244,28 @@ pub async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "not found: try /metrics, /health, /livez, /readyz, /state\n".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_openmetrics;
+
+    #[test]
+    fn negotiation_follows_the_accept_header() {
+        // What Prometheus 2.x sends.
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(wants_openmetrics("application/openmetrics-text"));
+        assert!(wants_openmetrics(
+            "text/plain;q=0.5, Application/OpenMetrics-Text; version=1.0.0"
+        ));
+        assert!(!wants_openmetrics(""));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics("text/plain;version=0.0.4"));
+        assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
+        assert!(!wants_openmetrics(
+            "text/plain, application/openmetrics-text;q=0.5"
+        ));
+    }
 }

@@ -211,8 +211,13 @@ impl<R: Runner> Supervisor<R> {
         );
 
         self.record_output(&report);
+        // The run's ids become the exemplar of its counter and bucket.
+        let trace = crate::metrics::RunTrace {
+            trace_id: &ids.trace_id,
+            span_id: &ids.span_id,
+        };
         self.metrics
-            .record_run(verdict.outcome, duration.as_secs_f64());
+            .observe_iteration(verdict.outcome, duration.as_secs_f64(), Some(trace));
         self.annotate_span(
             &span,
             &report,

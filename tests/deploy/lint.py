@@ -204,6 +204,16 @@ def check_dashboard():
     uids = {d["uid"]: d["type"] for d in ds["datasources"]}
     expect(uids.get("prometheus") == "prometheus", "provisioning: Prometheus data source with uid 'prometheus'")
     expect(any(t in {"jaeger", "tempo", "zipkin"} for t in uids.values()), "provisioning: a trace data source")
+    # Exemplars (SPEC section 7): the duration panel asks for them, and the
+    # Prometheus data source links their trace_id to the trace data source.
+    duration = [t for p in panels_of(dash) for t in p.get("targets", [])
+                if "jobloop_iteration_duration_seconds_bucket" in t.get("expr", "") and t.get("exemplar") is True]
+    expect(bool(duration), "dashboard: a duration query shows exemplars (\"exemplar\": true)")
+    prom_ds = next((d for d in ds["datasources"] if d["uid"] == "prometheus"), {})
+    links = (prom_ds.get("jsonData") or {}).get("exemplarTraceIdDestinations") or []
+    expect(any(l.get("name") == "trace_id" and uids.get(l.get("datasourceUid")) in {"jaeger", "tempo", "zipkin"}
+               for l in links),
+           f"provisioning: Prometheus links exemplar label trace_id to the trace data source ({links})")
     prov = load_yaml("dashboards/provisioning/dashboards.yaml")
     paths = [p["options"]["path"] for p in prov["providers"]]
     expect(len(paths) == 1, f"provisioning: one dashboard provider ({paths})")
@@ -312,6 +322,8 @@ def check_compose():
     rule_glob = prom["rule_files"][0]
     in_glob = bool(mounts) and pathlib.PurePosixPath(mounts[0].split(":")[1]).match(rule_glob)
     expect(in_glob, f"compose prometheus: alerts/jobloop.rules.yml is mounted where rule_files ({rule_glob}) finds it")
+    expect("--enable-feature=exemplar-storage" in services["prometheus"].get("command", []),
+           "compose prometheus: runs with --enable-feature=exemplar-storage (keeps jobloop's exemplars)")
     am = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     expect("alertmanager" in services and am == ["alertmanager:9093"], "prometheus.yml: sends to the Alertmanager service")
 

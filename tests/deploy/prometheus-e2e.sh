@@ -26,7 +26,12 @@
 #   (c) each alert's expression, as Prometheus loaded it, is true for the
 #       instance of the scenario that should fire it and false for a
 #       neighbouring one; alerts whose expression holds unscaled must also
-#       show up as pending or firing in Prometheus' own evaluation.
+#       show up as pending or firing in Prometheus' own evaluation;
+#   (d) Prometheus, started with --enable-feature=exemplar-storage, scraped
+#       OpenMetrics with exemplars: /api/v1/query_exemplars returns, for the
+#       duration buckets and the iteration counter of the halted and the
+#       stalled instances, exemplars whose trace_id and span_id are those of
+#       one of that instance's run-log headers.
 # At the end Prometheus and every jobloop are stopped by their pids.
 #
 # Scaling in (c): a test cannot wait for thresholds of minutes or an hour,
@@ -244,7 +249,8 @@ PROM="http://127.0.0.1:$PPORT"
 } >"$work/prometheus.yml"
 promtool check config "$work/prometheus.yml" >/dev/null
 "$PROMETHEUS" --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus-data" \
-    --web.listen-address="127.0.0.1:$PPORT" --log.level=warn >"$work/prometheus.log" 2>&1 &
+    --web.listen-address="127.0.0.1:$PPORT" --log.level=warn \
+    --enable-feature=exemplar-storage >"$work/prometheus.log" 2>&1 &
 pids+=($!)
 echo
 echo "==> Prometheus pid $!, $PROM"
@@ -469,6 +475,38 @@ for pair in JobloopUnhealthy:expired JobloopTokenExpired:unhealthy JobloopFailin
     else
         ok "$alert is not active for $name"
     fi
+done
+
+# ---------------------------------------------------------- (d) exemplars
+echo
+echo "==> (d) exemplars link the scraped series to the runs' traces"
+# exemplars_of SERIES INSTANCE: "trace_id span_id" of each exemplar Prometheus
+# stored for SERIES of INSTANCE over the last ten minutes.
+exemplars_of() {
+    curl -sf --max-time 5 -G --data-urlencode "query=$1{instance=\"$(inst "$2")\"}" \
+        --data-urlencode "start=$(($(date +%s) - 600))" --data-urlencode "end=$(($(date +%s) + 60))" \
+        "$PROM/api/v1/query_exemplars" |
+        jq -r '.data[]?.exemplars[]? | "\(.labels.trace_id) \(.labels.span_id)"' | sort -u
+}
+# The ids of every run-log header of an instance, "trace_id span_id" lines.
+headers_of() {
+    head -q -n 1 "$work/$1"/logs/runs/*.log 2>/dev/null |
+        sed -nE 's/^# jobloop iteration=[0-9]+ trace_id=([0-9a-f]{32}) span_id=([0-9a-f]{16}) .*/\1 \2/p' | sort -u
+}
+has_exemplars() { [ -n "$(exemplars_of "$1" "$2")" ]; }
+for name in unhealthy stalled; do
+    for series in jobloop_iteration_duration_seconds_bucket jobloop_iterations_total; do
+        if ! wait_until 20 "exemplars of $series for $name" has_exemplars "$series" "$name"; then
+            bad "$name: Prometheus stored no exemplar for $series"
+            continue
+        fi
+        unknown=$(comm -23 <(exemplars_of "$series" "$name") <(headers_of "$name"))
+        if [ -z "$unknown" ]; then
+            ok "$name: $series exemplars ($(exemplars_of "$series" "$name" | wc -l)) carry run-log header ids"
+        else
+            bad "$name: $series exemplars with ids of no run-log header: $unknown"
+        fi
+    done
 done
 
 echo

@@ -14,6 +14,8 @@ mod http;
 mod loop_;
 /// Metrics after scripted scenarios, the golden exposition, promtool on a real scrape.
 mod metrics;
+/// `/metrics` negotiation: OpenMetrics with exemplars for Prometheus, text otherwise.
+mod openmetrics;
 /// The child: environment, process groups, timeout, auth kill, spawn failures.
 mod process;
 /// Run logs: names, header, exact bytes, mode, symlinks, retention, truncation.
