@@ -349,7 +349,10 @@ mod tests {
         fs::remove_file(&path).unwrap();
 
         fs::create_dir(&path).unwrap();
-        assert!(read_state_file(&path).unwrap_err().to_string().contains("directory"));
+        assert!(read_state_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("directory"));
         fs::remove_dir(&path).unwrap();
 
         let huge = fs::File::create(&path).unwrap();
@@ -360,7 +363,10 @@ mod tests {
         ));
         assert!(state.read_state().is_none());
         huge.set_len(MAX_STATE_BYTES).unwrap();
-        assert_eq!(read_state_file(&path).unwrap().len() as u64, MAX_STATE_BYTES);
+        assert_eq!(
+            read_state_file(&path).unwrap().len() as u64,
+            MAX_STATE_BYTES
+        );
 
         fs::write(&path, b"not json").unwrap();
         assert!(state.read_state().is_none());

@@ -204,7 +204,8 @@ impl Process {
                 // The child runs already but its output cannot be watched:
                 // stop it (tokio reaps it), and report jobloop's failure.
                 if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ =
+                        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
                 }
                 return Err((SpawnFailure::from_io(&error), error));
             }

@@ -281,7 +281,10 @@ impl<R: Runner> Supervisor<R> {
             "jobloop cannot start the job for lack of resources; retrying after the backoff");
         crate::files::append_line(
             run_log,
-            &format!("# jobloop: cannot start the job: {error} ({})\n", failure.advice()),
+            &format!(
+                "# jobloop: cannot start the job: {error} ({})\n",
+                failure.advice()
+            ),
         );
         self.index_run_log(run_log, started_wall);
         span.set_error("jobloop could not start the job");

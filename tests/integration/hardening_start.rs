@@ -152,7 +152,8 @@ fn a_leftover_write_probe_does_not_block_a_start_as_pid_1() {
         .stderr(std::fs::File::create(h.path("stderr.log")).unwrap());
     h.spawn(unshare);
     h.wait_until("a first iteration as PID 1", SECS_20, |h| {
-        h.state().is_some_and(|s| s["pid"] == 1 && s["iteration"] == 1)
+        h.state()
+            .is_some_and(|s| s["pid"] == 1 && s["iteration"] == 1)
     });
     assert!(runs.join(".jobloop-write-probe-1").exists());
 }
@@ -276,7 +277,12 @@ fn out_of_processes_the_loop_counts_spawn_errors_and_recovers_without_halting() 
     let mut limited = Command::new("setpriv");
     limited
         .args(&ids)
-        .args(["--clear-groups", "prlimit", &format!("--nproc={NPROC}"), "--"])
+        .args([
+            "--clear-groups",
+            "prlimit",
+            &format!("--nproc={NPROC}"),
+            "--",
+        ])
         .arg(daemon.get_program())
         .args(daemon.get_args());
     clean_env(&mut limited);
