@@ -383,7 +383,7 @@ mod tests {
             .map(|family| family.name())
             .filter(|name| name.starts_with("jobloop_"))
             .collect();
-        assert_eq!(ours.len(), 21, "{ours:?}");
+        assert_eq!(ours.len(), 23, "{ours:?}");
         for name in ours {
             assert!(text.contains(&format!("# TYPE {name} ")), "missing {name}");
         }
