@@ -221,12 +221,50 @@ fn prepare_log_dir(log_dir: &Path) -> anyhow::Result<()> {
         .mode(0o750)
         .create(&runs)
         .with_context(|| format!("cannot create AGENT_LOG_DIR {}", runs.display()))?;
-    let probe = tempfile_probe(&runs);
-    std::fs::File::create_new(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
+    probe_writable(&runs)
         .with_context(|| format!("AGENT_LOG_DIR {} is not writable", runs.display()))
 }
 
-fn tempfile_probe(dir: &Path) -> std::path::PathBuf {
-    dir.join(format!(".jobloop-write-probe-{}", std::process::id()))
+/// How many names the write probe tries before it gives up.
+const PROBE_ATTEMPTS: u32 = 16;
+
+/// Creates and removes a file in `dir`. The name is new at each attempt
+/// (pid, clock, attempt), and one that is taken is skipped: a probe left
+/// by a killed jobloop (always pid 1 in a container) or a name planted
+/// there can never block the start.
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut last = None;
+    for attempt in 0..PROBE_ATTEMPTS {
+        let probe = dir.join(format!(
+            ".jobloop-write-probe-{}-{nanos}-{attempt}",
+            std::process::id()
+        ));
+        match files::create_new(&probe) {
+            Ok(_) => return std::fs::remove_file(&probe),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free probe name")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_probe_steps_over_taken_names() {
+        let dir = tempfile::tempdir().unwrap();
+        // The old fixed name of a PID 1, and a few of the new form.
+        let pid = std::process::id();
+        std::fs::write(dir.path().join(".jobloop-write-probe-1"), "").unwrap();
+        std::fs::write(dir.path().join(format!(".jobloop-write-probe-{pid}")), "").unwrap();
+        probe_writable(dir.path()).unwrap();
+        probe_writable(dir.path()).unwrap();
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, 2, "the probe removes its own file");
+    }
 }

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub run_log_write_errors: IntCounter,
     /// Failed writes of state.json or a marker.
     pub state_write_errors: IntCounter,
+    /// Jobs jobloop could not start for lack of its own resources.
+    pub spawn_errors: IntCounter,
+    /// `POST /resume` attempts refused for a missing or wrong token.
+    pub resume_rejected: IntCounter,
     /// The latest run's exemplar on each iteration counter and bucket.
     exemplars: Mutex<openmetrics::Exemplars>,
 }
@@ -216,6 +220,16 @@ impl Metrics {
                 "Failed writes of state.json or a marker file.",
             )
             .expect("valid metric"),
+            spawn_errors: IntCounter::new(
+                "jobloop_spawn_errors_total",
+                "Jobs jobloop could not start for lack of its own resources (EMFILE, ENFILE, EAGAIN, ENOMEM).",
+            )
+            .expect("valid metric"),
+            resume_rejected: IntCounter::new(
+                "jobloop_resume_rejected_total",
+                "POST /resume attempts refused for a missing or wrong bearer token.",
+            )
+            .expect("valid metric"),
             exemplars: Mutex::new(openmetrics::Exemplars::default()),
             registry,
         };
@@ -241,6 +255,8 @@ impl Metrics {
             Box::new(metrics.hook_failures.clone()),
             Box::new(metrics.run_log_write_errors.clone()),
             Box::new(metrics.state_write_errors.clone()),
+            Box::new(metrics.spawn_errors.clone()),
+            Box::new(metrics.resume_rejected.clone()),
             Box::new(build_info),
             Box::new(CachedProcessCollector::new()),
         ];
@@ -444,7 +460,7 @@ mod tests {
             .map(|family| family.name())
             .filter(|name| name.starts_with("jobloop_"))
             .collect();
-        assert_eq!(ours.len(), 21, "{ours:?}");
+        assert_eq!(ours.len(), 23, "{ours:?}");
         for name in ours {
             assert!(text.contains(&format!("# TYPE {name} ")), "missing {name}");
         }

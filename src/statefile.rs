@@ -5,10 +5,15 @@
 //! file is created new with O_NOFOLLOW: a symlink planted at its name is
 //! removed, never written through. Writes happen on a thread of their own,
 //! always of the newest snapshot, so a slow disk never holds up the loop.
+//!
+//! state.json is read back (at start, and by `jobloop status`) with
+//! [`read_state_file`], which trusts nothing about what sits at that name:
+//! a symlink is not followed, a FIFO or a device is not waited on, and a
+//! file larger than [`MAX_STATE_BYTES`] is not read.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -22,6 +27,112 @@ pub const STATE_FILE: &str = "state.json";
 pub const UNHEALTHY: &str = "UNHEALTHY";
 /// Marker present while halted for expired credentials.
 pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
+
+/// Largest state.json read back. A real one is about 1 KiB.
+pub const MAX_STATE_BYTES: u64 = 1 << 20;
+
+/// Why a state file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateReadError {
+    /// Nothing at that name.
+    #[error("{path} does not exist")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A symlink, FIFO, socket, device or directory, not a file.
+    #[error("{path} is a {kind}, not a regular file; not read")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// Larger than [`MAX_STATE_BYTES`].
+    #[error("{path} is larger than 1 MiB ({size} bytes); not a jobloop state, not read")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// Open or read failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Reads the state file at `path`, if it is a regular file of at most
+/// [`MAX_STATE_BYTES`].
+///
+/// The open never blocks and never follows a symlink (O_NONBLOCK,
+/// O_NOFOLLOW): a FIFO left at the name would otherwise hold the caller
+/// until a writer comes, for ever at start. The type and the size are taken
+/// from the open descriptor, so nothing can be swapped in between; the read
+/// is capped as well, for a file that grows while it is read.
+///
+/// # Errors
+///
+/// [`StateReadError`], naming the file and what is wrong with it.
+pub fn read_state_file(path: &Path) -> Result<Vec<u8>, StateReadError> {
+    let io_error = |source: io::Error| StateReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|error| match error.raw_os_error() {
+            Some(nix::libc::ENOENT) => StateReadError::Missing {
+                path: path.to_path_buf(),
+            },
+            // O_NOFOLLOW on a symlink.
+            Some(nix::libc::ELOOP) => StateReadError::NotAFile {
+                path: path.to_path_buf(),
+                kind: "symlink",
+            },
+            _ => io_error(error),
+        })?;
+    let meta = file.metadata().map_err(io_error)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_dir() {
+            "directory"
+        } else if kind.is_socket() {
+            "socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "device"
+        } else {
+            "special file"
+        };
+        return Err(StateReadError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let too_large = |size| StateReadError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+    };
+    if meta.len() > MAX_STATE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
 
 /// The state directory.
 #[derive(Debug, Clone)]
@@ -71,10 +182,27 @@ impl StateDir {
         fs::rename(&temp, self.dir.join(STATE_FILE))
     }
 
-    /// Reads state.json back, typed, if there is a readable one.
+    /// Reads state.json back, typed, if there is a readable one. Anything
+    /// odd (not a regular file, too large, not a state) is logged and taken
+    /// as no state at all: a fresh start is always possible.
     pub fn read_state(&self) -> Option<StoredState> {
-        let bytes = fs::read(self.dir.join(STATE_FILE)).ok()?;
-        StoredState::from_json(&bytes).ok()
+        let path = self.dir.join(STATE_FILE);
+        let bytes = match read_state_file(&path) {
+            Ok(bytes) => bytes,
+            Err(StateReadError::Missing { .. }) => return None,
+            Err(error) => {
+                tracing::warn!(%error, "ignoring the previous state.json; starting as if there were none");
+                return None;
+            }
+        };
+        match StoredState::from_json(&bytes) {
+            Ok(state) => Some(state),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error,
+                    "the previous state.json is not a jobloop state; starting as if there were none");
+                None
+            }
+        }
     }
 
     /// Makes the marker `name` present or absent.
@@ -194,6 +322,59 @@ mod tests {
         drop(publisher);
         writer.join();
         assert!(errors.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[test]
+    fn odd_state_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let state = StateDir::new(dir.path());
+        assert!(matches!(
+            read_state_file(&path),
+            Err(StateReadError::Missing { .. })
+        ));
+
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let refused = read_state_file(&path).unwrap_err();
+        assert!(refused.to_string().contains("FIFO"), "{refused}");
+        assert!(state.read_state().is_none());
+        fs::remove_file(&path).unwrap();
+
+        let real = dir.path().join("elsewhere.json");
+        fs::write(&real, b"{\"status\":\"idle\"}").unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let refused = read_state_file(&path).unwrap_err();
+        assert!(refused.to_string().contains("symlink"), "{refused}");
+        assert!(state.read_state().is_none());
+        fs::remove_file(&path).unwrap();
+
+        fs::create_dir(&path).unwrap();
+        assert!(read_state_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("directory"));
+        fs::remove_dir(&path).unwrap();
+
+        let huge = fs::File::create(&path).unwrap();
+        huge.set_len(MAX_STATE_BYTES + 1).unwrap();
+        assert!(matches!(
+            read_state_file(&path),
+            Err(StateReadError::TooLarge { .. })
+        ));
+        assert!(state.read_state().is_none());
+        huge.set_len(MAX_STATE_BYTES).unwrap();
+        assert_eq!(
+            read_state_file(&path).unwrap().len() as u64,
+            MAX_STATE_BYTES
+        );
+
+        fs::write(&path, b"not json").unwrap();
+        assert!(state.read_state().is_none());
+        fs::write(&path, b"{\"status\":\"backoff\"}").unwrap();
+        assert_eq!(
+            state.read_state().unwrap().status,
+            Some(crate::state::Status::Backoff)
+        );
     }
 
     #[test]

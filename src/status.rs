@@ -5,7 +5,9 @@
 //! 2 when no state could be read, so it can serve as a health check too.
 //!
 //! What it reads is not trusted to be well-behaved: a state file or an
-//! answer larger than [`MAX_READ`] is refused with one line, and control
+//! answer larger than [`MAX_READ`] is refused with one line, a state file
+//! that is a symlink, FIFO or device is not opened through or waited on
+//! ([`crate::statefile::read_state_file`]), and control
 //! characters in anything printed from them are escaped, so a planted
 //! state.json or a hostile server cannot drive the terminal.
 
@@ -133,11 +135,11 @@ fn read_capped(reader: impl Read, what: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// Reads `dir`/state.json the way the daemon does at start: no symlink
+/// followed, no wait on a FIFO or device, nothing over 1 MiB.
 fn read_file(dir: &Path) -> Result<serde_json::Value, String> {
     let path = dir.join(crate::statefile::STATE_FILE);
-    let file =
-        std::fs::File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let bytes = read_capped(file, &path.display().to_string())?;
+    let bytes = crate::statefile::read_state_file(&path).map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
 }
 

@@ -199,6 +199,9 @@ pub async fn resume(
         None
     };
     if let Some(why) = rejected {
+        // Counted every time, logged at most once a window: the counter is
+        // what an alert on guessing watches.
+        app.metrics.resume_rejected.inc();
         expected.rejected(peer.map(|Extension(Peer(address))| address), why);
         return (
             StatusCode::UNAUTHORIZED,

@@ -33,6 +33,11 @@ use auth::AuthMatcher;
 /// left running, without trusting a pid that may have been reused.
 pub const INSTANCE_VAR: &str = "JOBLOOP_INSTANCE";
 
+/// Variables of jobloop's own environment no child ever gets: the admin
+/// token (and where its file is) would let any job resume a halt it caused,
+/// and would sit in the job's `/proc/PID/environ` for its whole run.
+pub const WITHHELD_VARS: [&str; 2] = ["AGENT_ADMIN_TOKEN", "AGENT_ADMIN_TOKEN_FILE"];
+
 /// Pipe buffer asked of the kernel, so a chatty job blocks less often.
 const PIPE_SIZE: i32 = 1 << 20;
 
@@ -45,10 +50,19 @@ pub enum SpawnFailure {
     NotExecutable,
     /// Any other error from fork/exec (exit code 126).
     Other,
+    /// jobloop itself lacks a resource to start it (EMFILE, ENFILE, EAGAIN,
+    /// ENOMEM, for the pipe, the run log or the fork): not the job's
+    /// failure; the supervisor retries after the backoff.
+    Resource,
 }
 
 impl SpawnFailure {
-    fn from_io(error: &io::Error) -> SpawnFailure {
+    /// What `error`, from starting a command or making its pipe or run
+    /// log, says about why.
+    pub fn from_io(error: &io::Error) -> SpawnFailure {
+        if is_resource_error(error) {
+            return SpawnFailure::Resource;
+        }
         match error.kind() {
             io::ErrorKind::NotFound => SpawnFailure::NotFound,
             io::ErrorKind::PermissionDenied => SpawnFailure::NotExecutable,
@@ -61,7 +75,7 @@ impl SpawnFailure {
     pub fn exit_code(self) -> i32 {
         match self {
             SpawnFailure::NotFound => 127,
-            SpawnFailure::NotExecutable | SpawnFailure::Other => 126,
+            SpawnFailure::NotExecutable | SpawnFailure::Other | SpawnFailure::Resource => 126,
         }
     }
 
@@ -71,8 +85,21 @@ impl SpawnFailure {
             SpawnFailure::NotFound => "check the command's path and PATH",
             SpawnFailure::NotExecutable => "check the file's execute permission and its #! line",
             SpawnFailure::Other => "check the command and the system's process limits",
+            SpawnFailure::Resource => {
+                "jobloop lacks processes, descriptors or memory; check its limits (ulimit -u, -n) and the host's"
+            }
         }
     }
+}
+
+/// Whether `error` means jobloop ran out of a resource it needs to start a
+/// child: descriptors (EMFILE, ENFILE), processes (EAGAIN) or memory
+/// (ENOMEM).
+pub fn is_resource_error(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::EAGAIN | nix::libc::ENOMEM)
+    )
 }
 
 /// The facts of one finished run.
@@ -150,28 +177,39 @@ impl Process {
     ///
     /// When the command cannot be started, with why.
     pub fn spawn_job(spec: JobSpec<'_>) -> Result<Process, (SpawnFailure, io::Error)> {
-        let (reader, writer) = io::pipe().map_err(|e| (SpawnFailure::Other, e))?;
-        let writer_for_stderr = writer.try_clone().map_err(|e| (SpawnFailure::Other, e))?;
+        let failed = |e: io::Error| (SpawnFailure::from_io(&e), e);
+        let (reader, writer) = io::pipe().map_err(failed)?;
+        let writer_for_stderr = writer.try_clone().map_err(failed)?;
         let mut command = Command::new(&spec.argv[0]);
         command
             .args(&spec.argv[1..])
             .env_remove("TRACEPARENT")
             .env_remove("TRACESTATE")
+            .env_remove(WITHHELD_VARS[0])
+            .env_remove(WITHHELD_VARS[1])
             .envs(spec.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(writer))
             .stderr(Stdio::from(writer_for_stderr))
             .process_group(0);
-        let child = command
-            .spawn()
-            .map_err(|e| (SpawnFailure::from_io(&e), e))?;
+        let child = command.spawn().map_err(failed)?;
         // The parent's copies of the write end must be gone, or the pipe
         // never reports end of output.
         drop(command);
         let reader = std::os::fd::OwnedFd::from(reader);
         let _ = nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-        let receiver =
-            pipe::Receiver::from_owned_fd(reader).map_err(|e| (SpawnFailure::Other, e))?;
+        let receiver = match pipe::Receiver::from_owned_fd(reader) {
+            Ok(receiver) => receiver,
+            Err(error) => {
+                // The child runs already but its output cannot be watched:
+                // stop it (tokio reaps it), and report jobloop's failure.
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    let _ =
+                        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                return Err((SpawnFailure::from_io(&error), error));
+            }
+        };
         let (matched_tx, matched_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let matcher = AuthMatcher::new(spec.pattern);
@@ -212,6 +250,8 @@ impl Process {
         let child = Command::new("/bin/sh")
             .arg("-c")
             .arg(shell_command)
+            .env_remove(WITHHELD_VARS[0])
+            .env_remove(WITHHELD_VARS[1])
             .env(INSTANCE_VAR, instance)
             .stdin(Stdio::null())
             .process_group(0)

@@ -147,7 +147,7 @@ impl<R: Runner> Supervisor<R> {
         let span = LoopSpan::iteration(iteration);
         let ids = span.ids();
 
-        let (run_log, log_file) = self.open_run_log(iteration, &ids, started_wall);
+        let (run_log, log_file, log_error) = self.open_run_log(iteration, &ids, started_wall);
         let run_log_text = run_log.display().to_string();
         self.set_status(Status::Running);
         self.state.reason = None;
@@ -170,7 +170,13 @@ impl<R: Runner> Supervisor<R> {
             pattern: self.settings.auth_pattern.clone(),
         };
         let mut job_pid = None;
-        let report = match self.runner.spawn_job(spec) {
+        // Out of descriptors or memory for the run log: the job would not
+        // start either, and it is no fault of the job's.
+        let spawned = match log_error {
+            Some(error) => Err((runner::SpawnFailure::Resource, error)),
+            None => self.runner.spawn_job(spec),
+        };
+        let report = match spawned {
             Ok(child) => {
                 let pid = child.pid();
                 job_pid = Some(pid);
@@ -180,6 +186,9 @@ impl<R: Runner> Supervisor<R> {
                 let policy = self.stop_policy(self.settings.job_timeout, DRAIN_WAIT);
                 self.run_child(child, policy, |event| span.event(event.as_str()))
                     .await
+            }
+            Err((runner::SpawnFailure::Resource, error)) => {
+                return self.spawn_error(&span, &run_log, error, started_wall);
             }
             Err((failure, error)) => {
                 self.publish();
@@ -259,18 +268,61 @@ impl<R: Runner> Supervisor<R> {
         Ok(verdict.next)
     }
 
+    /// jobloop could not start the job for lack of its own resources
+    /// (SPEC §7 `jobloop_spawn_errors_total`): logged and counted, then the
+    /// backoff and another try. Not the job's failure, so no outcome is
+    /// counted and `consecutiveFailures`, `lastOutcome` stay as they were;
+    /// never a halt.
+    fn spawn_error(
+        &mut self,
+        span: &LoopSpan,
+        run_log: &Path,
+        error: std::io::Error,
+        started_wall: SystemTime,
+    ) -> Result<Next, Stop> {
+        let failure = runner::SpawnFailure::Resource;
+        self.metrics.spawn_errors.inc();
+        tracing::error!(iteration = self.state.iteration, %error, advice = failure.advice(),
+            "jobloop cannot start the job for lack of resources; retrying after the backoff");
+        crate::files::append_line(
+            run_log,
+            &format!(
+                "# jobloop: cannot start the job: {error} ({})\n",
+                failure.advice()
+            ),
+        );
+        self.index_run_log(run_log, started_wall);
+        span.set_error("jobloop could not start the job");
+        self.state.job_pid = None;
+        self.state.current_batch_started_at = None;
+        if self.shutting_down() {
+            self.publish();
+            return Err(Stop);
+        }
+        self.after_run(Next::Backoff);
+        self.publish();
+        Ok(Next::Backoff)
+    }
+
     /// Creates the run log with its header. When it cannot be created the
     /// run goes on unlogged (its output is still scanned), and the error is
-    /// logged and counted.
+    /// logged and counted; the error is handed back when it is a lack of
+    /// resources, which stops this start (see [`Self::spawn_error`]).
     fn open_run_log(
         &mut self,
         iteration: u64,
         ids: &SpanIds,
         start: SystemTime,
-    ) -> (PathBuf, Option<std::fs::File>) {
+    ) -> (PathBuf, Option<std::fs::File>, Option<std::io::Error>) {
         let header = runlog::header(iteration, &ids.trace_id, &ids.span_id, start);
         match runlog::create_next(&mut self.namer, &self.runs_dir, start, &header) {
-            Ok((path, file)) => (path, Some(file)),
+            Ok((path, file)) => (path, Some(file), None),
+            Err(error) if runner::is_resource_error(&error) => {
+                let path = self
+                    .runs_dir
+                    .join(format!("{}.log", crate::naming::base_name(start)));
+                (path, None, Some(error))
+            }
             Err(error) => {
                 self.metrics.run_log_write_errors.inc();
                 let path = self
@@ -278,7 +330,7 @@ impl<R: Runner> Supervisor<R> {
                     .join(format!("{}.log", crate::naming::base_name(start)));
                 tracing::error!(iteration, dir = %self.runs_dir.display(), %error,
                     "cannot create the run log; running the job without one");
-                (path, None)
+                (path, None, None)
             }
         }
     }

@@ -64,7 +64,9 @@ pub fn classify(
     let (outcome, reason) = match report.spawn_failure {
         Some(SpawnFailure::NotFound) => (Outcome::Failure, Reason::CommandNotFound),
         Some(SpawnFailure::NotExecutable) => (Outcome::Failure, Reason::NotExecutable),
-        Some(SpawnFailure::Other) => (Outcome::Failure, Reason::ExitCode),
+        // The loop never classifies a Resource failure (it is not the
+        // job's); should one come here, it is a plain failure.
+        Some(SpawnFailure::Other | SpawnFailure::Resource) => (Outcome::Failure, Reason::ExitCode),
         None if report.timed_out => (Outcome::Timeout, Reason::Timeout),
         None => (Outcome::Failure, Reason::ExitCode),
     };

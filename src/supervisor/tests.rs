@@ -33,6 +33,10 @@ struct Script {
     exit_code: i32,
 }
 
+/// The exit code that makes the fake runner fail to start the job with
+/// EAGAIN, as fork does at the process limit.
+const NO_PROCESSES: i32 = i32::MIN;
+
 fn exits(exit_code: i32, after_secs: u64) -> Script {
     Script {
         runs: Duration::from_secs(after_secs),
@@ -108,6 +112,10 @@ impl Runner for FakeRunner {
         let mut started = self.0.started.borrow_mut();
         started.push(format!("job {}", spec.argv.join(" ")));
         let script = self.0.jobs.borrow_mut().pop_front().unwrap_or(exits(0, 1));
+        if script.exit_code == NO_PROCESSES {
+            let error = io::Error::from_raw_os_error(nix::libc::EAGAIN);
+            return Err((SpawnFailure::from_io(&error), error));
+        }
         Ok(FakeChild {
             pid: 1000 + started.len() as u32,
             script,
@@ -462,4 +470,44 @@ async fn a_previous_run_left_running_is_counted_as_interrupted() {
     })
     .await;
     assert_eq!(rig.started()[0], "stop leftovers of abc");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lack_of_processes_backs_off_without_counting_a_failure_or_halting() {
+    let no = exits(NO_PROCESSES, 0);
+    let mut rig = Rig::new().jobs(&[exits(1, 0), no, no, no, exits(0, 0)]);
+    rig.settings.max_failures = 2;
+    let last = rig
+        .run(|mut loop_| async move {
+            let began = Instant::now();
+            let done = loop_
+                .until(|s| s.iteration == 5 && s.status == Status::Idle)
+                .await;
+            // One failure and three spawn errors: backoffs 5, 10, 20, 40 s.
+            assert_eq!(began.elapsed(), Duration::from_secs(75));
+            assert_eq!(done.last_outcome, Some(Outcome::Success));
+            let text = loop_.metrics.render();
+            assert!(text.contains("jobloop_spawn_errors_total 3"), "{text}");
+            assert!(text.contains("jobloop_iterations_total{outcome=\"failure\"} 1"));
+            loop_.shutdown().await;
+        })
+        .await;
+    assert_eq!(last.status, Status::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spawn_error_leaves_the_failure_count_as_it_was() {
+    let no = exits(NO_PROCESSES, 0);
+    let mut rig = Rig::new().jobs(&[exits(1, 0), no, no, exits(1, 3600)]);
+    rig.settings.max_failures = 2;
+    rig.run(|mut loop_| async move {
+        let third = loop_
+            .until(|s| s.iteration == 3 && s.status == Status::Backoff)
+            .await;
+        assert_eq!(third.consecutive_failures, 1);
+        assert_eq!(third.last_outcome, Some(Outcome::Failure));
+        assert_eq!(third.reason, None);
+        loop_.shutdown().await;
+    })
+    .await;
 }

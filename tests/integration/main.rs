@@ -40,3 +40,5 @@ mod traces;
 mod faults;
 /// Hardening: idle connections against a low RLIMIT_NOFILE, probes during the flood.
 mod hardening_http;
+/// Hardening of the start: odd state.json, leftover probe, token kept from children, spawn errors.
+mod hardening_start;
