@@ -32,6 +32,10 @@ mod status;
 mod systemd;
 /// Traces: a real OTLP receiver (gRPC and HTTP) gets one span per iteration.
 mod traces;
+/// OTLP over TLS and mTLS, gzip, TRACES_* variables, exit 78 on bad files, no credentials printed.
+mod traces_tls;
+/// An independent OTLP collector (rotel) between jobloop and the test's receiver.
+mod interop;
 
 /// Faults injected on purpose (issue 6): misbehaving jobs, crashes, full
 /// disks, HTTP and OTLP abuse, PID 1, absurd settings, a broken stderr.
