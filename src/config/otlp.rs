@@ -233,8 +233,7 @@ fn check_pem(path: &std::path::Path, kind: PemKind) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|error| format!("a readable PEM file ({error})"))?;
     match kind {
         PemKind::Certificates => {
-            let certificates: Result<Vec<_>, _> =
-                CertificateDer::pem_slice_iter(&bytes).collect();
+            let certificates: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
             match certificates {
                 Ok(list) if !list.is_empty() => Ok(()),
                 _ => Err("a PEM file with one or more certificates".to_string()),
@@ -376,10 +375,7 @@ impl OtlpSettings {
         vec![
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
-                self.endpoint
-                    .as_deref()
-                    .map(redact_url)
-                    .unwrap_or_default(),
+                self.endpoint.as_deref().map(redact_url).unwrap_or_default(),
             ),
             (
                 "OTEL_EXPORTER_OTLP_PROTOCOL",

@@ -74,7 +74,11 @@ fn spans_pass_through_rotel_over_grpc_and_http_with_the_run_log_ids() {
                 .spawn()
                 .expect("start rotel-agent"),
         );
-        let port = if protocol == "grpc" { grpc_port } else { http_port };
+        let port = if protocol == "grpc" {
+            grpc_port
+        } else {
+            http_port
+        };
         wait_for("rotel listening", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });

@@ -67,10 +67,7 @@ fn a_collector_signed_by_the_given_ca_gets_every_span_with_the_instance_id() {
             &[("OTEL_EXPORTER_OTLP_CERTIFICATE", p(&pki.ca))],
         );
         wait_spans(&mut h, &front, 3, "3 spans over TLS");
-        let instance = h.state().unwrap()["instance"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let instance = h.state().unwrap()["instance"].as_str().unwrap().to_string();
         assert!(h.stop().success(), "{protocol}: {}", h.stderr());
         let spans = front.receiver.received.iterations();
         let logs = h.run_logs();
@@ -145,7 +142,11 @@ fn an_untrusted_collector_gets_nothing_and_the_loop_keeps_its_pace() {
                 with < without * 3 + Duration::from_secs(2),
                 "{protocol} {ca:?}: 20 iterations took {with:?}, {without:?} without export"
             );
-            assert_eq!(front.accepted.load(Ordering::SeqCst), 0, "{protocol} {ca:?}");
+            assert_eq!(
+                front.accepted.load(Ordering::SeqCst),
+                0,
+                "{protocol} {ca:?}"
+            );
             assert_eq!(front.receiver.received.exports(), 0, "{protocol} {ca:?}");
             let stderr = h.stderr();
             let reports = stderr.matches("cannot export spans").count();
@@ -237,7 +238,9 @@ fn traces_variables_win_and_gzip_is_on_the_wire() {
     h.otlp(&plain.endpoint, "http/protobuf");
     h.start(&[], &["true"]);
     let received = plain.received.clone();
-    h.wait_until("a span", Duration::from_secs(20), |_| received.exports() >= 1);
+    h.wait_until("a span", Duration::from_secs(20), |_| {
+        received.exports() >= 1
+    });
     assert!(h.stop().success());
     assert!(plain.received.encodings().iter().all(|e| e == "identity"));
 }
@@ -288,7 +291,11 @@ fn unreadable_certificate_files_stop_run_and_check_with_exit_78() {
         for command in ["check", "run"] {
             let out = jobloop(&[command, "--", "true"], &env);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(78), "{command} {variable}: {stderr}");
+            assert_eq!(
+                out.status.code(),
+                Some(78),
+                "{command} {variable}: {stderr}"
+            );
             assert_eq!(stderr.lines().count(), 1, "{command}: one line\n{stderr}");
             assert!(stderr.contains(variable), "{command}: {stderr}");
         }
@@ -315,9 +322,21 @@ fn credentials_in_the_url_and_headers_are_never_printed() {
         ];
         let check = jobloop(&["check", "--", "true"], &env);
         let stdout = String::from_utf8_lossy(&check.stdout);
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-        assert!(stdout.contains("OTEL_EXPORTER_OTLP_HEADERS=authorization,x-tenant"), "{stdout}");
-        assert!(stdout.contains(&format!("OTEL_EXPORTER_OTLP_ENDPOINT=https://***@127.0.0.1:{port}/v1/traces?***")), "{stdout}");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(
+            stdout.contains("OTEL_EXPORTER_OTLP_HEADERS=authorization,x-tenant"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT=https://***@127.0.0.1:{port}/v1/traces?***"
+            )),
+            "{stdout}"
+        );
 
         let mut h = Harness::new();
         h.envs(&env);
@@ -326,10 +345,7 @@ fn credentials_in_the_url_and_headers_are_never_printed() {
             h.stderr().contains("cannot export spans")
         });
         h.wait_iteration(3, Duration::from_secs(20));
-        let status = jobloop(
-            &["status", "--state-dir", p(&h.path("state"))],
-            &env,
-        );
+        let status = jobloop(&["status", "--state-dir", p(&h.path("state"))], &env);
         assert!(h.stop().success());
         let printed = format!(
             "{stdout}{}{}{}{}",
@@ -340,7 +356,10 @@ fn credentials_in_the_url_and_headers_are_never_printed() {
         );
         assert!(h.stderr().contains("jobloop started"), "{}", h.stderr());
         for secret in secrets {
-            assert!(!printed.contains(secret), "{protocol}: {secret} printed:\n{printed}");
+            assert!(
+                !printed.contains(secret),
+                "{protocol}: {secret} printed:\n{printed}"
+            );
         }
     }
 }

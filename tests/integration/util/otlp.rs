@@ -217,45 +217,47 @@ pub fn http_receiver() -> Receiver {
     let sink = received.clone();
     let app = axum::Router::new().route(
         "/v1/traces",
-        post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                let encoding = headers
-                    .get("content-encoding")
-                    .and_then(|v| v.to_str().ok());
-                sink.encoding(encoding);
-                let body = if encoding == Some("gzip") {
-                    let mut plain = Vec::new();
-                    std::io::Read::read_to_end(
-                        &mut flate2::read::GzDecoder::new(&body[..]),
-                        &mut plain,
-                    )
-                    .map(|_| axum::body::Bytes::from(plain))
-                    .unwrap_or_default()
-                } else {
-                    body
-                };
-                match ExportTraceServiceRequest::decode(body) {
-                    Ok(request) => {
-                        sink.push(request);
-                        let response = ExportTraceServiceResponse {
-                            partial_success: None,
-                        }
-                        .encode_to_vec();
-                        (
-                            axum::http::StatusCode::OK,
-                            [("content-type", "application/x-protobuf")],
-                            response,
+        post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let encoding = headers
+                        .get("content-encoding")
+                        .and_then(|v| v.to_str().ok());
+                    sink.encoding(encoding);
+                    let body = if encoding == Some("gzip") {
+                        let mut plain = Vec::new();
+                        std::io::Read::read_to_end(
+                            &mut flate2::read::GzDecoder::new(&body[..]),
+                            &mut plain,
                         )
+                        .map(|_| axum::body::Bytes::from(plain))
+                        .unwrap_or_default()
+                    } else {
+                        body
+                    };
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(request) => {
+                            sink.push(request);
+                            let response = ExportTraceServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec();
+                            (
+                                axum::http::StatusCode::OK,
+                                [("content-type", "application/x-protobuf")],
+                                response,
+                            )
+                        }
+                        Err(_) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            [("content-type", "text/plain")],
+                            Vec::new(),
+                        ),
                     }
-                    Err(_) => (
-                        axum::http::StatusCode::BAD_REQUEST,
-                        [("content-type", "text/plain")],
-                        Vec::new(),
-                    ),
                 }
-            }
-        }),
+            },
+        ),
     );
     runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
     Receiver {
@@ -478,9 +480,9 @@ pub struct TlsFront {
 /// Puts TLS in front of `receiver`; `grpc` picks the ALPN protocol (`h2`
 /// or `http/1.1`), `client_auth` demands a client certificate.
 pub fn tls_front(receiver: Receiver, pki: &TestPki, grpc: bool, client_auth: bool) -> TlsFront {
-    use tokio_rustls::rustls;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.server_cert)
         .unwrap()
