@@ -98,8 +98,11 @@ fn read(variable: &'static str, path: &std::path::Path) -> Result<Vec<u8>, Expor
     })
 }
 
+/// A client certificate (chain) and its key, both PEM.
+type ClientPem = (Vec<u8>, Vec<u8>);
+
 /// The client identity for mTLS, when both files are set.
-fn client_files(otlp: &OtlpSettings) -> Result<Option<(Vec<u8>, Vec<u8>)>, ExporterError> {
+fn client_files(otlp: &OtlpSettings) -> Result<Option<ClientPem>, ExporterError> {
     match (&otlp.client_certificate, &otlp.client_key) {
         (Some(certificate), Some(key)) => Ok(Some((
             read("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", certificate)?,
