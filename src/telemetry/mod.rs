@@ -68,7 +68,8 @@ pub fn init(settings: &Settings, instance: &str) -> anyhow::Result<Telemetry> {
         // most once a minute, instead of on every failed batch.
         EnvFilter::try_new(format!(
             "{},{SPAN_TARGET}=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off,\
-             opentelemetry-otlp=off,tonic=off,h2=off,hyper=off,reqwest=off,tower=off",
+             opentelemetry-otlp=off,tonic=off,h2=off,hyper=off,hyper_util=off,reqwest=off,tower=off,\
+             rustls=off,tokio_rustls=off,hyper_rustls=off",
             settings.log_level
         ))
         .expect("the log level was validated with the settings")

@@ -149,6 +149,10 @@ fn an_untrusted_collector_gets_nothing_and_the_loop_keeps_its_pace() {
             );
             assert_eq!(front.receiver.received.exports(), 0, "{protocol} {ca:?}");
             let stderr = h.stderr();
+            assert!(
+                !stderr.contains("rustls"),
+                "{protocol} {ca:?}: TLS library lines on every failed handshake\n{stderr}"
+            );
             let reports = stderr.matches("cannot export spans").count();
             assert!(
                 reports <= 2,
