@@ -12,6 +12,7 @@
 //! This module is a leaf: it imports only value types of other leaf
 //! modules, never `cli`.
 
+pub mod otlp;
 pub mod table;
 pub mod units;
 
@@ -25,6 +26,7 @@ use regex::bytes::{Regex, RegexBuilder};
 
 use crate::backoff::BackoffPolicy;
 use crate::naming::RetentionPolicy;
+pub use otlp::{otlp_from_env, redact_url, OtlpCompression, OtlpProtocol, OtlpSettings};
 pub use table::DEFAULT_AUTH_PATTERN;
 use table::{setting, Form, SETTINGS};
 use units::{format_duration, parse_duration, parse_size, DURATION_FORM, SIZE_FORM};
@@ -41,25 +43,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// OTLP transport, from `OTEL_EXPORTER_OTLP_PROTOCOL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtlpProtocol {
-    /// gRPC (port 4317 by convention), the default.
-    Grpc,
-    /// HTTP with protobuf bodies (port 4318, path `/v1/traces`).
-    HttpProtobuf,
-}
-
-/// What the OpenTelemetry exporter should do, read from the standard
-/// `OTEL_*` variables.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtlpSettings {
-    /// The traces endpoint, when one is set and the SDK is not disabled.
-    pub endpoint: Option<String>,
-    /// Transport for that endpoint.
-    pub protocol: OtlpProtocol,
 }
 
 /// Everything the daemon needs, validated.
@@ -347,51 +330,6 @@ fn parse_listen(raw: &str) -> Option<SocketAddr> {
     None
 }
 
-/// Reads the OTLP settings from the standard variables through `lookup`.
-pub fn otlp_from_env(
-    lookup: impl Fn(&str) -> Option<String>,
-    checker_errors: &mut Vec<ConfigError>,
-) -> OtlpSettings {
-    let non_empty = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-    let disabled = non_empty("OTEL_SDK_DISABLED")
-        .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
-    let protocol = match non_empty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        .or_else(|| non_empty("OTEL_EXPORTER_OTLP_PROTOCOL"))
-    {
-        None => OtlpProtocol::Grpc,
-        Some(value) => match value.trim() {
-            "grpc" => OtlpProtocol::Grpc,
-            "http/protobuf" => OtlpProtocol::HttpProtobuf,
-            other => {
-                checker_errors.push(ConfigError {
-                    variable: "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    flag: "no flag",
-                    value: other.to_string(),
-                    allowed: "grpc or http/protobuf".to_string(),
-                });
-                OtlpProtocol::Grpc
-            }
-        },
-    };
-    let endpoint = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        .filter(|_| !disabled);
-    OtlpSettings { endpoint, protocol }
-}
-
-/// An endpoint URL as it may be shown: user info (`user:password@`) is
-/// replaced by `***@`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
-
 impl Settings {
     /// Validates the raw values (and the `OTEL_*` variables read through
     /// `lookup`) into settings.
@@ -570,21 +508,7 @@ impl Settings {
             .iter()
             .map(|row| (row.variable, (row.describe)(self)))
             .collect();
-        lines.push((
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            self.otlp
-                .endpoint
-                .as_deref()
-                .map(redact_url)
-                .unwrap_or_default(),
-        ));
-        lines.push((
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            match self.otlp.protocol {
-                OtlpProtocol::Grpc => "grpc".into(),
-                OtlpProtocol::HttpProtobuf => "http/protobuf".into(),
-            },
-        ));
+        lines.extend(self.otlp.describe());
         // Arguments may carry credentials: the program and their number.
         lines.push((
             "COMMAND",
@@ -755,11 +679,8 @@ mod tests {
         let settings = parse(&["--", "true"]).expect("defaults are valid");
         let names: Vec<&str> = settings.describe().iter().map(|(n, _)| *n).collect();
         let mut expected: Vec<&str> = SETTINGS.iter().map(|row| row.variable).collect();
-        expected.extend([
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            "COMMAND",
-        ]);
+        expected.extend(settings.otlp.describe().iter().map(|(n, _)| *n));
+        expected.push("COMMAND");
         assert_eq!(names, expected);
     }
 

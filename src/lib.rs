@@ -109,7 +109,9 @@ async fn run_async(
 ) -> anyhow::Result<()> {
     let signal_handlers =
         signals::SignalHandlers::install().context("cannot install signal handlers")?;
-    let telemetry = telemetry::init(&settings)?;
+    // The instance id is made first: the spans' resource carries it.
+    let initial = Snapshot::starting(SystemTime::now());
+    let telemetry = telemetry::init(&settings, &initial.instance)?;
     prepare_log_dir(&settings.log_dir)?;
     let state_dir = StateDir::new(&settings.state_dir);
     state_dir.create().with_context(|| {
@@ -119,7 +121,6 @@ async fn run_async(
         )
     })?;
     let previous_state = state_dir.read_state();
-    let initial = Snapshot::starting(SystemTime::now());
     state_dir.write_state(&initial.to_json()).with_context(|| {
         format!(
             "cannot write state.json in AGENT_STATE_DIR {}",

@@ -10,6 +10,8 @@ mod util;
 mod cli;
 /// HTTP over TCP: every path and status, /resume tokens, idle connections.
 mod http;
+/// An independent OTLP collector (rotel) between jobloop and the test's receiver.
+mod interop;
 /// The loop: classification paths, backoff sequence, halts and resumes.
 mod loop_;
 /// Metrics after scripted scenarios, the golden exposition, promtool on a real scrape.
@@ -34,6 +36,8 @@ mod status;
 mod systemd;
 /// Traces: a real OTLP receiver (gRPC and HTTP) gets one span per iteration.
 mod traces;
+/// OTLP over TLS and mTLS, gzip, TRACES_* variables, exit 78 on bad files, no credentials printed.
+mod traces_tls;
 
 /// Faults injected on purpose (issue 6): misbehaving jobs, crashes, full
 /// disks, HTTP and OTLP abuse, PID 1, absurd settings, a broken stderr.

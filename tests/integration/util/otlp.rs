@@ -2,11 +2,14 @@
 //! generated tonic `TraceService`, optionally slow), an HTTP/protobuf
 //! receiver (axum + prost), and a black hole that accepts connections and
 //! never answers. Each lives on its own runtime or thread and stops when
-//! dropped with the test.
+//! dropped with the test. Both receivers accept gzip and record each
+//! request's encoding; [`tls_front`] puts TLS (and optionally mTLS) made
+//! from a throw-away [`TestPki`] in front of either.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,9 +25,13 @@ use prost::Message;
 
 use super::Harness;
 
-/// Everything a receiver got, one entry per export request.
+/// Everything a receiver got, one entry per export request, and the
+/// content encoding of each request (`identity` when none).
 #[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+pub struct Received(
+    Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    Arc<Mutex<Vec<String>>>,
+);
 
 /// One received span, flattened.
 #[derive(Debug, Clone)]
@@ -56,6 +63,18 @@ fn text(value: &Option<AnyValue>) -> String {
 impl Received {
     fn push(&self, request: ExportTraceServiceRequest) {
         self.0.lock().unwrap().push(request);
+    }
+
+    fn encoding(&self, encoding: Option<&str>) {
+        self.1
+            .lock()
+            .unwrap()
+            .push(encoding.unwrap_or("identity").to_string());
+    }
+
+    /// The `grpc-encoding` / `Content-Encoding` of each request received.
+    pub fn encodings(&self) -> Vec<String> {
+        self.1.lock().unwrap().clone()
     }
 
     /// How many export requests arrived.
@@ -129,6 +148,12 @@ impl TraceService for GrpcSink {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        self.received.encoding(
+            request
+                .metadata()
+                .get("grpc-encoding")
+                .and_then(|v| v.to_str().ok()),
+        );
         self.received.push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -169,7 +194,10 @@ pub fn slow_grpc_receiver(delay: Duration) -> Receiver {
     };
     runtime.spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(sink))
+            .add_service(
+                TraceServiceServer::new(sink)
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
             .unwrap();
@@ -189,30 +217,47 @@ pub fn http_receiver() -> Receiver {
     let sink = received.clone();
     let app = axum::Router::new().route(
         "/v1/traces",
-        post(move |body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                match ExportTraceServiceRequest::decode(body) {
-                    Ok(request) => {
-                        sink.push(request);
-                        let response = ExportTraceServiceResponse {
-                            partial_success: None,
-                        }
-                        .encode_to_vec();
-                        (
-                            axum::http::StatusCode::OK,
-                            [("content-type", "application/x-protobuf")],
-                            response,
+        post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let encoding = headers
+                        .get("content-encoding")
+                        .and_then(|v| v.to_str().ok());
+                    sink.encoding(encoding);
+                    let body = if encoding == Some("gzip") {
+                        let mut plain = Vec::new();
+                        std::io::Read::read_to_end(
+                            &mut flate2::read::GzDecoder::new(&body[..]),
+                            &mut plain,
                         )
+                        .map(|_| axum::body::Bytes::from(plain))
+                        .unwrap_or_default()
+                    } else {
+                        body
+                    };
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(request) => {
+                            sink.push(request);
+                            let response = ExportTraceServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec();
+                            (
+                                axum::http::StatusCode::OK,
+                                [("content-type", "application/x-protobuf")],
+                                response,
+                            )
+                        }
+                        Err(_) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            [("content-type", "text/plain")],
+                            Vec::new(),
+                        ),
                     }
-                    Err(_) => (
-                        axum::http::StatusCode::BAD_REQUEST,
-                        [("content-type", "text/plain")],
-                        Vec::new(),
-                    ),
                 }
-            }
-        }),
+            },
+        ),
     );
     runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
     Receiver {
@@ -276,5 +321,232 @@ impl Harness {
     /// Sets [`otlp_env`]: spans go to `endpoint` over `protocol`.
     pub fn otlp(&mut self, endpoint: &str, protocol: &str) -> &mut Harness {
         self.envs(&otlp_env(endpoint, protocol))
+    }
+}
+
+/// A throw-away PKI made with the `openssl` command line: a CA (EC P-256,
+/// v3, `basicConstraints=critical,CA:TRUE`), a server certificate for
+/// `IP:127.0.0.1,DNS:localhost`, a client certificate, and a second CA
+/// that signed nothing here (a CA that does not trust the server).
+pub struct TestPki {
+    _dir: tempfile::TempDir,
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// Another CA's certificate, which did not sign the server's.
+    pub other_ca: PathBuf,
+    /// Server certificate and key.
+    pub server_cert: PathBuf,
+    /// Server key (PKCS#8).
+    pub server_key: PathBuf,
+    /// Client certificate, signed by the CA.
+    pub client_cert: PathBuf,
+    /// Client key (PKCS#8).
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command line");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl TestPki {
+    /// Makes the CA and certificates in a temporary directory.
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let key = |name: &str| {
+            openssl(
+                d,
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-out",
+                    name,
+                ],
+            )
+        };
+        for (ca, cn) in [("ca", "jobloop test CA"), ("other", "another test CA")] {
+            key(&format!("{ca}.key"));
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-key",
+                    &format!("{ca}.key"),
+                    "-sha256",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={cn}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-out",
+                    &format!("{ca}.pem"),
+                ],
+            );
+        }
+        std::fs::write(
+            d.join("server.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        for (leaf, cn) in [("server", "localhost"), ("client", "jobloop")] {
+            key(&format!("{leaf}.key"));
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-new",
+                    "-key",
+                    &format!("{leaf}.key"),
+                    "-subj",
+                    &format!("/CN={cn}"),
+                    "-out",
+                    &format!("{leaf}.csr"),
+                ],
+            );
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{leaf}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-sha256",
+                    "-extfile",
+                    &format!("{leaf}.ext"),
+                    "-out",
+                    &format!("{leaf}.pem"),
+                ],
+            );
+        }
+        TestPki {
+            ca: d.join("ca.pem"),
+            other_ca: d.join("other.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+            _dir: dir,
+        }
+    }
+}
+
+/// TLS in front of a plain receiver: terminates TLS (rustls, ring) with the
+/// test PKI's server certificate, optionally demands a client certificate
+/// signed by the CA, and pipes each connection to the receiver. Counts the
+/// handshakes, so a test can tell "refused by TLS" from "never tried".
+pub struct TlsFront {
+    /// `https://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Handshakes that succeeded.
+    pub accepted: Arc<AtomicUsize>,
+    /// Handshakes that failed (untrusted server, missing client certificate).
+    pub refused: Arc<AtomicUsize>,
+    /// The receiver behind it.
+    pub receiver: Receiver,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Puts TLS in front of `receiver`; `grpc` picks the ALPN protocol (`h2`
+/// or `http/1.1`), `client_auth` demands a client certificate.
+pub fn tls_front(receiver: Receiver, pki: &TestPki, grpc: bool, client_auth: bool) -> TlsFront {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.server_cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&pki.server_key).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(&pki.ca).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(certs, key).unwrap();
+    config.alpn_protocols = vec![if grpc {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let backend: SocketAddr = receiver
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let (runtime, listener, address) = runtime_and_listener();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (ok, bad) = (accepted.clone(), refused.clone());
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, ok, bad) = (acceptor.clone(), ok.clone(), bad.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(stream).await {
+                    Ok(mut tls) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
+                            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                        }
+                    }
+                    Err(_) => {
+                        bad.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    TlsFront {
+        endpoint: format!("https://{address}"),
+        accepted,
+        refused,
+        receiver,
+        _runtime: runtime,
     }
 }

@@ -9,15 +9,14 @@
 //! A tracer provider is installed even without an exporter, so that every
 //! run has real W3C ids for its run-log header and the job's TRACEPARENT.
 
+mod exporter;
+
 use std::io::IsTerminal;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry::trace::{Status as SpanStatus, TraceContextExt, TracerProvider as _};
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -26,13 +25,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::config::{LogFormat, OtlpProtocol, Settings};
+use crate::config::{LogFormat, Settings};
 
 /// The tracing target of the spans that become OpenTelemetry spans.
 const SPAN_TARGET: &str = "jobloop::span";
-
-/// Export failures are logged at most this often.
-const EXPORT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Handle on the tracer provider, to flush spans at shutdown.
 pub struct Telemetry {
@@ -42,26 +38,18 @@ pub struct Telemetry {
 
 /// Installs the daemon's log and the tracer. Must run inside the Tokio
 /// runtime that will keep running until [`Telemetry::shutdown`] (the gRPC
-/// exporter's connection lives there).
+/// exporter's connection lives there). `instance` is state.json's
+/// `instance`, the resource's `service.instance.id`.
 ///
 /// # Errors
 ///
 /// When the OTLP exporter cannot be built from the `OTEL_*` settings.
-pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
-    let mut provider = SdkTracerProvider::builder().with_resource(resource());
+pub fn init(settings: &Settings, instance: &str) -> anyhow::Result<Telemetry> {
+    let mut provider = SdkTracerProvider::builder().with_resource(resource(instance));
     let exporting = settings.otlp.endpoint.is_some();
     if exporting {
-        let exporter = match settings.otlp.protocol {
-            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build(),
-            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .build(),
-        }
-        .map_err(|error| anyhow::anyhow!("cannot set up the OTLP exporter: {error}"))?;
-        provider = provider.with_batch_exporter(ReportingExporter::new(exporter));
+        let exporter = exporter::build(&settings.otlp)?;
+        provider = provider.with_batch_exporter(exporter);
     }
     let provider = provider.build();
     let tracer = provider.tracer("jobloop");
@@ -70,6 +58,9 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
+        // busy_ns / idle_ns are the library's bookkeeping, not the run's.
+        .with_tracked_inactivity(false)
+        .with_level(false)
         .with_target(false)
         .with_filter(Targets::new().with_target(SPAN_TARGET, Level::INFO));
     let log_filter = || {
@@ -77,7 +68,8 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
         // most once a minute, instead of on every failed batch.
         EnvFilter::try_new(format!(
             "{},{SPAN_TARGET}=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off,\
-             opentelemetry-otlp=off,tonic=off,h2=off,hyper=off,reqwest=off,tower=off",
+             opentelemetry-otlp=off,tonic=off,h2=off,hyper=off,hyper_util=off,reqwest=off,tower=off,\
+             rustls=off,tokio_rustls=off,hyper_rustls=off",
             settings.log_level
         ))
         .expect("the log level was validated with the settings")
@@ -116,11 +108,15 @@ pub fn init_log_only(level: &str) {
         .try_init();
 }
 
-fn resource() -> Resource {
+/// The resource of every span: the service (named `jobloop` unless the
+/// user names it), its version, and `service.instance.id` = state.json's
+/// `instance`, so a span leads to the process that made it.
+fn resource(instance: &str) -> Resource {
     let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
     let builder = Resource::builder()
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_attribute(KeyValue::new("service.instance.id", instance.to_string()));
     if named {
         builder.build()
     } else {
@@ -146,62 +142,6 @@ impl Telemetry {
                 tracing::warn!(limit = ?limit, "span flush did not finish within the shutdown grace")
             }
         }
-    }
-}
-
-/// Wraps the OTLP exporter to log its failures at most once a minute, with
-/// the number of spans dropped since the last report.
-#[derive(Debug)]
-struct ReportingExporter<E> {
-    inner: E,
-    reports: Mutex<ExportReports>,
-}
-
-#[derive(Debug, Default)]
-struct ExportReports {
-    last_logged: Option<Instant>,
-    dropped_since: u64,
-}
-
-impl<E: SpanExporter> ReportingExporter<E> {
-    fn new(inner: E) -> Self {
-        ReportingExporter {
-            inner,
-            reports: Mutex::new(ExportReports::default()),
-        }
-    }
-}
-
-impl<E: SpanExporter> SpanExporter for ReportingExporter<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let count = batch.len() as u64;
-        let result = self.inner.export(batch).await;
-        if let Err(error) = &result {
-            let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
-            reports.dropped_since += count;
-            let due = reports
-                .last_logged
-                .is_none_or(|at| at.elapsed() >= EXPORT_ERROR_LOG_INTERVAL);
-            if due {
-                tracing::warn!(%error, dropped_spans = reports.dropped_since,
-                    "cannot export spans to the OTLP endpoint; dropping them (logged at most once a minute)");
-                reports.last_logged = Some(Instant::now());
-                reports.dropped_since = 0;
-            }
-        }
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
     }
 }
 
