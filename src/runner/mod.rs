@@ -13,7 +13,6 @@ pub mod reaper;
 pub use control::{Child, Os, RunEvent, Runner, Shutdowns, StopPolicy};
 pub use output::OutputStats;
 
-use std::fs::File;
 use std::io;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -102,8 +101,9 @@ pub struct JobSpec<'a> {
     pub argv: &'a [String],
     /// Variables added to jobloop's environment (RUN_LOG, TRACEPARENT, ...).
     pub env: Vec<(&'static str, String)>,
-    /// The run log, header already written; `None` if it could not be created.
-    pub log: Option<File>,
+    /// Where the output goes: the run log (header already written) on the
+    /// writer thread; `None` if it could not be created.
+    pub log: Option<crate::runlog::Sink>,
     /// Bytes of output written to the log; 0 = no limit.
     pub log_limit: u64,
     /// The auth pattern.
