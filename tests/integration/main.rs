@@ -38,3 +38,5 @@ mod traces;
 mod faults;
 /// Hardening: idle connections against a low RLIMIT_NOFILE, probes during the flood.
 mod hardening_http;
+/// Disk hardening: a run-log writer stalled on a FIFO holds the job, never the loop's answers.
+mod hardening_disk;
