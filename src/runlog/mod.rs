@@ -9,7 +9,7 @@
 
 mod writer;
 
-pub use writer::{OpenRunLog, RunLogWriter, Sink, Written, WriterError, BUFFERS, CHUNK, GATE_VAR};
+pub use writer::{OpenRunLog, RunLogWriter, Sink, WriterError, Written, BUFFERS, CHUNK, GATE_VAR};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

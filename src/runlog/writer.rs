@@ -394,7 +394,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = RunLogWriter::spawn().unwrap();
         let start = SystemTime::UNIX_EPOCH;
-        let mut log = writer.create(dir.path(), start, "# h\n".into()).await.unwrap();
+        let mut log = writer
+            .create(dir.path(), start, "# h\n".into())
+            .await
+            .unwrap();
         let mut expected = b"# h\n".to_vec();
         for round in 0..(3 * BUFFERS) {
             let mut buffer = log.sink.buffer().await;
@@ -420,8 +423,14 @@ mod tests {
         let writer = RunLogWriter::spawn().unwrap();
         let missing = dir.path().join("missing");
         let start = SystemTime::UNIX_EPOCH;
-        assert!(writer.create(&missing, start, "# h\n".into()).await.is_err());
-        let log = writer.create(dir.path(), start, "# h\n".into()).await.unwrap();
+        assert!(writer
+            .create(&missing, start, "# h\n".into())
+            .await
+            .is_err());
+        let log = writer
+            .create(dir.path(), start, "# h\n".into())
+            .await
+            .unwrap();
         drop(log.sink);
         assert_eq!(log.written.await.unwrap().size, 4);
     }

@@ -287,18 +287,20 @@ impl<R: Runner> Supervisor<R> {
         let header = runlog::header(iteration, &ids.trace_id, &ids.span_id, start);
         let writer = self.log_writer.clone();
         let runs_dir = self.runs_dir.clone();
-        Ok(match self.wait(writer.create(&runs_dir, start, header)).await? {
-            Ok(log) => (log.path.clone(), Some(log)),
-            Err(error) => {
-                self.metrics.run_log_write_errors.inc();
-                let path = self
-                    .runs_dir
-                    .join(format!("{}.log", crate::naming::base_name(start)));
-                tracing::error!(iteration, dir = %self.runs_dir.display(), %error,
+        Ok(
+            match self.wait(writer.create(&runs_dir, start, header)).await? {
+                Ok(log) => (log.path.clone(), Some(log)),
+                Err(error) => {
+                    self.metrics.run_log_write_errors.inc();
+                    let path = self
+                        .runs_dir
+                        .join(format!("{}.log", crate::naming::base_name(start)));
+                    tracing::error!(iteration, dir = %self.runs_dir.display(), %error,
                     "cannot create the run log; running the job without one");
-                (path, None)
-            }
-        })
+                    (path, None)
+                }
+            },
+        )
     }
 
     /// Waits until the writer thread closed the run log and says what it

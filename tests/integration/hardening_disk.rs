@@ -117,7 +117,12 @@ fn a_blocked_log_directory_holds_the_job_not_the_loop() {
     assert!(!h.path("done").exists(), "still held after the probes");
 
     // Unstall: the FIFO's writer opens and closes, the gate stays open.
-    drop(std::fs::OpenOptions::new().write(true).open(h.path("gate")).unwrap());
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(h.path("gate"))
+            .unwrap(),
+    );
     let state = h.wait_status("idle", WAIT);
     assert_eq!(state["lastBatchExit"], 0, "{state}");
     assert!(h.path("done").exists());

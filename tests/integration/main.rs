@@ -36,7 +36,7 @@ mod traces;
 /// Faults injected on purpose (issue 6): misbehaving jobs, crashes, full
 /// disks, HTTP and OTLP abuse, PID 1, absurd settings, a broken stderr.
 mod faults;
-/// Hardening: idle connections against a low RLIMIT_NOFILE, probes during the flood.
-mod hardening_http;
 /// Disk hardening: a run-log writer stalled on a FIFO holds the job, never the loop's answers.
 mod hardening_disk;
+/// Hardening: idle connections against a low RLIMIT_NOFILE, probes during the flood.
+mod hardening_http;
