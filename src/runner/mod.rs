@@ -124,6 +124,8 @@ pub fn exit_code(status: ExitStatus) -> (i32, Option<i32>) {
 struct Pump {
     task: JoinHandle<OutputStats>,
     stop: Option<oneshot::Sender<()>>,
+    /// Ends the pump even while a blocked disk holds its buffers.
+    halt: Option<oneshot::Sender<()>>,
     matched: Option<oneshot::Receiver<()>>,
 }
 
@@ -174,6 +176,7 @@ impl Process {
             pipe::Receiver::from_owned_fd(reader).map_err(|e| (SpawnFailure::Other, e))?;
         let (matched_tx, matched_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (halt_tx, halt_rx) = oneshot::channel();
         let matcher = AuthMatcher::new(spec.pattern);
         let task = tokio::spawn(output::pump(
             receiver,
@@ -182,6 +185,7 @@ impl Process {
             matcher,
             matched_tx,
             stop_rx,
+            halt_rx,
         ));
         let pid = child.id().expect("a just-spawned child has a pid");
         let marker = spec
@@ -195,6 +199,7 @@ impl Process {
             Some(Pump {
                 task,
                 stop: Some(stop_tx),
+                halt: Some(halt_tx),
                 matched: Some(matched_rx),
             }),
         );
@@ -328,9 +333,16 @@ impl Process {
     /// Collects the report after [`wait`](Self::wait) returned `status`.
     ///
     /// Output still held open by a grandchild is read for at most
-    /// `drain_wait` after the job exited. When jobloop stopped the job,
-    /// whatever is left of its group and its escaped descendants is killed.
-    async fn finish(mut self, status: ExitStatus, drain_wait: Duration) -> RunReport {
+    /// `drain_wait` after the job exited; what the pipe already holds is
+    /// still read, however slow the run log's disk, except once a shutdown
+    /// is asked for. When jobloop stopped the job, whatever is left of its
+    /// group and its escaped descendants is killed.
+    async fn finish(
+        mut self,
+        status: ExitStatus,
+        drain_wait: Duration,
+        shutdowns: &mut Shutdowns,
+    ) -> RunReport {
         if self.term_sent {
             reaper::signal_job(self.pid, self.marker.as_deref(), Signal::SIGKILL);
         }
@@ -350,13 +362,30 @@ impl Process {
                     if let Some(stop) = pump.stop.take() {
                         let _ = stop.send(());
                     }
-                    pump.task.await
+                    tokio::select! {
+                        joined = &mut pump.task => joined,
+                        () = shutdown_asked(shutdowns) => {
+                            if let Some(halt) = pump.halt.take() {
+                                let _ = halt.send(());
+                            }
+                            pump.task.await
+                        }
+                    }
                 }
             };
             report.output = stats.unwrap_or_default();
             report.pattern_matched = report.output.pattern_matched;
         }
         report
+    }
+}
+
+/// Resolves once a shutdown was asked for; never if nobody can ask.
+async fn shutdown_asked(shutdowns: &mut Shutdowns) {
+    while *shutdowns.borrow_and_update() == 0 {
+        if shutdowns.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

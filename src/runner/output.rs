@@ -36,8 +36,9 @@ pub struct OutputStats {
 ///
 /// Past `limit` the output is still read and scanned, only not kept; the
 /// log then ends with one line saying how much was dropped (SPEC §3).
-/// `stop` ends the reading, also while waiting for a buffer from a
-/// blocked disk. Dropping `log` at the end closes the run log.
+/// `stop` ends the reading once the pipe has nothing ready (the drain is
+/// over); `halt` ends it even while waiting for a buffer from a blocked
+/// disk (a shutdown). Dropping `log` at the end closes the run log.
 pub(super) async fn pump(
     mut receiver: pipe::Receiver,
     mut log: Option<Sink>,
@@ -45,6 +46,7 @@ pub(super) async fn pump(
     mut matcher: AuthMatcher,
     matched: oneshot::Sender<()>,
     mut stop: oneshot::Receiver<()>,
+    mut halt: oneshot::Receiver<()>,
 ) -> OutputStats {
     let mut stats = OutputStats::default();
     let mut matched = Some(matched);
@@ -62,7 +64,7 @@ pub(super) async fn pump(
             (None, Some(sink)) => tokio::select! {
                 biased;
                 buffer = sink.buffer() => buffer,
-                _ = &mut stop => break,
+                _ = &mut halt => break,
             },
             (None, None) => vec![0u8; CHUNK],
         };

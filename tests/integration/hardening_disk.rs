@@ -80,6 +80,7 @@ fn assert_live(h: &mut Harness) {
     let asked = Instant::now();
     let (code, body) = h.get("/livez");
     let took = asked.elapsed();
+    eprintln!("hardening_disk: /livez {code} in {took:?}");
     if code != 200 || took > LIVEZ_DEADLINE {
         h.fail(&format!("/livez answered {code} in {took:?}: {body}"));
     }
@@ -149,7 +150,44 @@ fn sigterm_stops_jobloop_within_its_grace_while_the_log_directory_blocks() {
     h.signal(Signal::SIGTERM);
     let status = h.wait_exit(grace);
     assert_eq!(status.code(), Some(0), "{}", h.stderr());
-    assert!(asked.elapsed() <= grace);
+    let took = asked.elapsed();
+    eprintln!("hardening_disk: jobloop exited {took:?} after SIGTERM (grace {grace:?})");
+    assert!(took <= grace);
     let state = h.state().unwrap();
     assert_eq!(state["status"], "stopped", "{state}");
+}
+
+#[test]
+fn output_already_in_the_pipe_outlasts_the_drain_wait_on_a_slow_disk() {
+    let mut h = Harness::new();
+    let gate = h.path("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let done = h.path("done");
+    // 768 KiB: fits in the 1 MiB pipe alone, so the job exits
+    // while the disk is still stalled.
+    let job = h.script(
+        "job.sh",
+        &format!(
+            "head -c 786432 /dev/zero; echo end; touch '{}'",
+            done.display()
+        ),
+    );
+    h.env("JOBLOOP_TEST_RUN_LOG_GATE", gate.to_str().unwrap())
+        .env("AGENT_IDLE_SLEEP", "60s");
+    h.start(&[], &[job.to_str().unwrap()]);
+    h.wait_until("the job exited", WAIT, |h| h.path("done").exists());
+    // Stalled for longer than the 1 s drain wait after the job's exit: the
+    // run waits for its log, answering meanwhile.
+    h.assert_holds(
+        "the run waits for its log",
+        Duration::from_millis(1500),
+        |h| h.get("/livez").0 == 200 && h.state().is_some_and(|s| s["status"] == "running"),
+    );
+    drop(std::fs::OpenOptions::new().write(true).open(&gate).unwrap());
+    let state = h.wait_status("idle", WAIT);
+    let run_log = std::path::PathBuf::from(state["runLog"].as_str().unwrap());
+    let body = run_log_body(&run_log);
+    assert_eq!(body.len(), 786_432 + 4, "every byte in the run log");
+    assert!(body.ends_with(b"\0end\n"));
+    assert_eq!(h.stop().code(), Some(0));
 }
