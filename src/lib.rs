@@ -32,8 +32,13 @@
 //!
 //! The supervisor runs on a current-thread runtime of its own; the HTTP
 //! server, the signal forwarding and the OTLP exporter on the main thread's;
-//! state.json is written on a third. A flood of requests or a slow disk
-//! therefore cannot slow the loop down.
+//! state.json is written on a third; everything in AGENT_LOG_DIR (run-log
+//! headers, the job's output, the last line and close, retention's listing
+//! and deletes) on a fourth, the run-log writer, fed by a bounded set of
+//! reused buffers. A flood of requests or a slow disk therefore cannot
+//! slow the loop down: a blocked log directory holds up the job's output
+//! (its pipe fills and the job waits), while the loop goes on answering
+//! `/livez`, signals and `/resume`.
 
 pub mod backoff;
 pub mod cli;
@@ -180,6 +185,8 @@ async fn run_async(
         notifier: notify::Notifier::from_env(),
         previous_state,
         runner: runner::Os,
+        log_writer: runlog::RunLogWriter::spawn()
+            .context("cannot start the run-log writer thread")?,
     };
     let loop_thread = std::thread::Builder::new()
         .name("jobloop-loop".into())

@@ -198,7 +198,7 @@ impl Child for Process {
                 }
             }
         };
-        self.finish(status, policy.drain_wait).await
+        self.finish(status, policy.drain_wait, &mut shutdowns).await
     }
 }
 

@@ -13,7 +13,6 @@ pub mod reaper;
 pub use control::{Child, Os, RunEvent, Runner, Shutdowns, StopPolicy};
 pub use output::OutputStats;
 
-use std::fs::File;
 use std::io;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -129,8 +128,9 @@ pub struct JobSpec<'a> {
     pub argv: &'a [String],
     /// Variables added to jobloop's environment (RUN_LOG, TRACEPARENT, ...).
     pub env: Vec<(&'static str, String)>,
-    /// The run log, header already written; `None` if it could not be created.
-    pub log: Option<File>,
+    /// Where the output goes: the run log (header already written) on the
+    /// writer thread; `None` if it could not be created.
+    pub log: Option<crate::runlog::Sink>,
     /// Bytes of output written to the log; 0 = no limit.
     pub log_limit: u64,
     /// The auth pattern.
@@ -151,6 +151,8 @@ pub fn exit_code(status: ExitStatus) -> (i32, Option<i32>) {
 struct Pump {
     task: JoinHandle<OutputStats>,
     stop: Option<oneshot::Sender<()>>,
+    /// Ends the pump even while a blocked disk holds its buffers.
+    halt: Option<oneshot::Sender<()>>,
     matched: Option<oneshot::Receiver<()>>,
 }
 
@@ -212,6 +214,7 @@ impl Process {
         };
         let (matched_tx, matched_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (halt_tx, halt_rx) = oneshot::channel();
         let matcher = AuthMatcher::new(spec.pattern);
         let task = tokio::spawn(output::pump(
             receiver,
@@ -220,6 +223,7 @@ impl Process {
             matcher,
             matched_tx,
             stop_rx,
+            halt_rx,
         ));
         let pid = child.id().expect("a just-spawned child has a pid");
         let marker = spec
@@ -233,6 +237,7 @@ impl Process {
             Some(Pump {
                 task,
                 stop: Some(stop_tx),
+                halt: Some(halt_tx),
                 matched: Some(matched_rx),
             }),
         );
@@ -368,9 +373,16 @@ impl Process {
     /// Collects the report after [`wait`](Self::wait) returned `status`.
     ///
     /// Output still held open by a grandchild is read for at most
-    /// `drain_wait` after the job exited. When jobloop stopped the job,
-    /// whatever is left of its group and its escaped descendants is killed.
-    async fn finish(mut self, status: ExitStatus, drain_wait: Duration) -> RunReport {
+    /// `drain_wait` after the job exited; what the pipe already holds is
+    /// still read, however slow the run log's disk, except once a shutdown
+    /// is asked for. When jobloop stopped the job, whatever is left of its
+    /// group and its escaped descendants is killed.
+    async fn finish(
+        mut self,
+        status: ExitStatus,
+        drain_wait: Duration,
+        shutdowns: &mut Shutdowns,
+    ) -> RunReport {
         if self.term_sent {
             reaper::signal_job(self.pid, self.marker.as_deref(), Signal::SIGKILL);
         }
@@ -390,13 +402,30 @@ impl Process {
                     if let Some(stop) = pump.stop.take() {
                         let _ = stop.send(());
                     }
-                    pump.task.await
+                    tokio::select! {
+                        joined = &mut pump.task => joined,
+                        () = shutdown_asked(shutdowns) => {
+                            if let Some(halt) = pump.halt.take() {
+                                let _ = halt.send(());
+                            }
+                            pump.task.await
+                        }
+                    }
                 }
             };
             report.output = stats.unwrap_or_default();
             report.pattern_matched = report.output.pattern_matched;
         }
         report
+    }
+}
+
+/// Resolves once a shutdown was asked for; never if nobody can ask.
+async fn shutdown_asked(shutdowns: &mut Shutdowns) {
+    while *shutdowns.borrow_and_update() == 0 {
+        if shutdowns.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

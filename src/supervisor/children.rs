@@ -7,11 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::classify::{classify, Next};
 use super::{Stop, Supervisor};
-use crate::runlog;
+use crate::runlog::{self, Written};
 use crate::runner::{self, Child, JobSpec, RunEvent, RunReport, Runner, StopPolicy};
 use crate::state::{Hook, Outcome, PreflightResult, Status};
 use crate::telemetry::{LoopSpan, SpanIds};
@@ -19,6 +20,11 @@ use crate::telemetry::{LoopSpan, SpanIds};
 /// After the job exits, how long output still held open by a grandchild is
 /// read before the iteration ends.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Once a shutdown is asked for, how long the loop still waits for a run
+/// log to be closed (its byte counts); a blocked disk must not hold
+/// jobloop's exit hostage.
+const CLOSE_WAIT_AT_SHUTDOWN: Duration = Duration::from_secs(1);
 
 impl<R: Runner> Supervisor<R> {
     /// The limits of a child that may run `timeout`.
@@ -140,14 +146,15 @@ impl<R: Runner> Supervisor<R> {
 
     /// One run of the job, from its run log to its classification.
     pub(super) async fn iteration(&mut self) -> Result<Next, Stop> {
-        self.state.iteration = self.state.iteration.saturating_add(1);
-        let iteration = self.state.iteration;
+        let iteration = self.state.iteration.saturating_add(1);
         let started_wall = SystemTime::now();
         let started = Instant::now();
         let span = LoopSpan::iteration(iteration);
         let ids = span.ids();
 
-        let (run_log, log_file, log_error) = self.open_run_log(iteration, &ids, started_wall);
+        let (run_log, log, log_error) = self.open_run_log(iteration, &ids, started_wall).await?;
+        self.state.iteration = iteration;
+        let (sink, written) = log.map(|log| (log.sink, log.written)).unzip();
         let run_log_text = run_log.display().to_string();
         self.set_status(Status::Running);
         self.state.reason = None;
@@ -165,7 +172,7 @@ impl<R: Runner> Supervisor<R> {
                 ("TRACEPARENT", ids.traceparent()),
                 (runner::INSTANCE_VAR, self.state.instance.clone()),
             ],
-            log: log_file,
+            log: sink,
             log_limit: self.settings.run_log_max_bytes,
             pattern: self.settings.auth_pattern.clone(),
         };
@@ -188,16 +195,18 @@ impl<R: Runner> Supervisor<R> {
                     .await
             }
             Err((runner::SpawnFailure::Resource, error)) => {
-                return self.spawn_error(&span, &run_log, error, started_wall);
+                return self
+                    .spawn_error(&span, &run_log, written, error, started_wall)
+                    .await;
             }
             Err((failure, error)) => {
                 self.publish();
                 let program = &self.settings.command[0];
                 tracing::error!(iteration, program = %program, %error, advice = failure.advice(),
                     run_log = %run_log_text, trace_id = %ids.trace_id, "cannot start the job");
-                crate::files::append_line(
+                self.log_writer.append(
                     &run_log,
-                    &format!(
+                    format!(
                         "# jobloop: cannot start '{program}': {error} ({})\n",
                         failure.advice()
                     ),
@@ -209,6 +218,17 @@ impl<R: Runner> Supervisor<R> {
                 }
             }
         };
+        let mut report = report;
+        let closed = match written {
+            Some(written) => self.run_log_closed(written).await,
+            None => None,
+        };
+        if let Some(closed) = &closed {
+            report.output.bytes_written = closed.bytes_written;
+            if report.output.write_error.is_none() {
+                report.output.write_error.clone_from(&closed.write_error);
+            }
+        }
         self.runner.reap_orphans(None);
         let duration = started.elapsed();
         let ended = SystemTime::now();
@@ -235,7 +255,9 @@ impl<R: Runner> Supervisor<R> {
             job_pid,
             &run_log,
         );
-        self.index_run_log(&run_log, ended);
+        if let Some(closed) = &closed {
+            self.index_run_log(&run_log, ended, closed.size);
+        }
 
         self.state.last_batch_at = Some(ended);
         self.state.last_batch_exit = Some(report.exit_code);
@@ -272,11 +294,12 @@ impl<R: Runner> Supervisor<R> {
     /// (SPEC §7 `jobloop_spawn_errors_total`): logged and counted, then the
     /// backoff and another try. Not the job's failure, so no outcome is
     /// counted and `consecutiveFailures`, `lastOutcome` stay as they were;
-    /// never a halt.
-    fn spawn_error(
+    /// never a halt. The note goes to the run log if one was made.
+    async fn spawn_error(
         &mut self,
         span: &LoopSpan,
         run_log: &Path,
+        written: Option<oneshot::Receiver<Written>>,
         error: std::io::Error,
         started_wall: SystemTime,
     ) -> Result<Next, Stop> {
@@ -284,14 +307,18 @@ impl<R: Runner> Supervisor<R> {
         self.metrics.spawn_errors.inc();
         tracing::error!(iteration = self.state.iteration, %error, advice = failure.advice(),
             "jobloop cannot start the job for lack of resources; retrying after the backoff");
-        crate::files::append_line(
-            run_log,
-            &format!(
-                "# jobloop: cannot start the job: {error} ({})\n",
-                failure.advice()
-            ),
-        );
-        self.index_run_log(run_log, started_wall);
+        if let Some(written) = written {
+            self.log_writer.append(
+                run_log,
+                format!(
+                    "# jobloop: cannot start the job: {error} ({})\n",
+                    failure.advice()
+                ),
+            );
+            if let Some(closed) = self.run_log_closed(written).await {
+                self.index_run_log(run_log, started_wall, closed.size);
+            }
+        }
         span.set_error("jobloop could not start the job");
         self.state.job_pid = None;
         self.state.current_batch_started_at = None;
@@ -304,35 +331,65 @@ impl<R: Runner> Supervisor<R> {
         Ok(Next::Backoff)
     }
 
-    /// Creates the run log with its header. When it cannot be created the
-    /// run goes on unlogged (its output is still scanned), and the error is
-    /// logged and counted; the error is handed back when it is a lack of
-    /// resources, which stops this start (see [`Self::spawn_error`]).
-    fn open_run_log(
+    /// Creates the run log with its header, on the writer thread, answering
+    /// commands meanwhile (a shutdown ends the wait). When it cannot be
+    /// created the run goes on unlogged (its output is still scanned), and
+    /// the error is logged and counted; the error is handed back when it is
+    /// a lack of resources, which stops this start (see
+    /// [`Self::spawn_error`]).
+    async fn open_run_log(
         &mut self,
         iteration: u64,
         ids: &SpanIds,
         start: SystemTime,
-    ) -> (PathBuf, Option<std::fs::File>, Option<std::io::Error>) {
+    ) -> Result<(PathBuf, Option<runlog::OpenRunLog>, Option<std::io::Error>), Stop> {
         let header = runlog::header(iteration, &ids.trace_id, &ids.span_id, start);
-        match runlog::create_next(&mut self.namer, &self.runs_dir, start, &header) {
-            Ok((path, file)) => (path, Some(file), None),
-            Err(error) if runner::is_resource_error(&error) => {
-                let path = self
-                    .runs_dir
-                    .join(format!("{}.log", crate::naming::base_name(start)));
-                (path, None, Some(error))
+        let writer = self.log_writer.clone();
+        let runs_dir = self.runs_dir.clone();
+        let fallback = self
+            .runs_dir
+            .join(format!("{}.log", crate::naming::base_name(start)));
+        Ok(
+            match self.wait(writer.create(&runs_dir, start, header)).await? {
+                Ok(log) => (log.path.clone(), Some(log), None),
+                Err(error) if runner::is_resource_error(&error) => (fallback, None, Some(error)),
+                Err(error) => {
+                    self.metrics.run_log_write_errors.inc();
+                    tracing::error!(iteration, dir = %self.runs_dir.display(), %error,
+                        "cannot create the run log; running the job without one");
+                    (fallback, None, None)
+                }
+            },
+        )
+    }
+
+    /// Waits until the writer thread closed the run log and says what it
+    /// wrote, answering commands meanwhile; once a shutdown is asked for,
+    /// at most [`CLOSE_WAIT_AT_SHUTDOWN`] (then `None`).
+    async fn run_log_closed(&mut self, written: oneshot::Receiver<Written>) -> Option<Written> {
+        let mut shutdowns = self.shutdowns.subscribe();
+        let bound = async move {
+            while *shutdowns.borrow_and_update() == 0 {
+                if shutdowns.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(error) => {
-                self.metrics.run_log_write_errors.inc();
-                let path = self
-                    .runs_dir
-                    .join(format!("{}.log", crate::naming::base_name(start)));
-                tracing::error!(iteration, dir = %self.runs_dir.display(), %error,
-                    "cannot create the run log; running the job without one");
-                (path, None, None)
-            }
+            tokio::time::sleep(CLOSE_WAIT_AT_SHUTDOWN).await;
+        };
+        let closed = self
+            .attend(async move {
+                tokio::select! {
+                    written = written => written.ok(),
+                    () = bound => None,
+                }
+            })
+            .await;
+        if closed.is_none() {
+            tracing::warn!(
+                "the run log is still being written (a slow or blocked disk); its byte counts are not known"
+            );
         }
+        closed
     }
 
     fn record_output(&self, report: &RunReport) {

@@ -2,13 +2,16 @@
 //! retention of `runs/` (with an in-memory index, so a pass costs no
 //! directory listing), and the processes left behind, by a previous
 //! jobloop at start or by earlier jobs at shutdown.
+//!
+//! Retention decides here and deletes on the run-log writer thread
+//! ([`crate::runlog::RunLogWriter`]): a log directory that blocks delays
+//! the deletes, never the loop.
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use super::{Stop, Supervisor};
 use crate::naming::{self, RunLogEntry};
-use crate::runlog;
 use crate::runner::Runner;
 use crate::state::Status;
 use crate::statefile;
@@ -53,9 +56,9 @@ impl<R: Runner> Supervisor<R> {
         // Only a run log of ours: a tampered state.json must not make
         // jobloop write elsewhere.
         if Path::new(run_log).parent() == Some(self.runs_dir.as_path()) {
-            crate::files::append_line(
+            self.log_writer.append(
                 Path::new(run_log),
-                "# jobloop interrupted: the daemon stopped before this run ended\n",
+                "# jobloop interrupted: the daemon stopped before this run ended\n".into(),
             );
         }
     }
@@ -86,13 +89,13 @@ impl<R: Runner> Supervisor<R> {
 
     /// Retention of `runs/`, then the rotate and cleanup commands (SPEC §2).
     pub(super) async fn maintain(&mut self) -> Result<(), Stop> {
-        self.enforce_retention();
+        self.enforce_retention().await?;
         self.run_hooks().await
     }
 
-    fn enforce_retention(&mut self) {
+    async fn enforce_retention(&mut self) -> Result<(), Stop> {
         if self.state.iteration.is_multiple_of(RESCAN_EVERY) {
-            self.rescan_run_logs();
+            self.rescan_run_logs().await?;
         }
         let protect = self
             .state
@@ -108,37 +111,46 @@ impl<R: Runner> Supervisor<R> {
             protect.as_deref(),
         );
         if doomed.is_empty() {
-            return;
+            return Ok(());
         }
-        let outcome = runlog::delete(&self.settings.log_dir, &doomed);
         // Doomed names are the oldest: usually a short prefix.
         self.run_logs.retain(|entry| !doomed.contains(&entry.name));
-        self.metrics.run_logs_deleted.inc_by(outcome.deleted);
-        for error in &outcome.errors {
-            tracing::warn!(%error, "retention");
+        let metrics = self.metrics.clone();
+        self.log_writer
+            .delete(&self.settings.log_dir, doomed, move |outcome| {
+                metrics.run_logs_deleted.inc_by(outcome.deleted);
+                for error in &outcome.errors {
+                    tracing::warn!(%error, "retention");
+                }
+                tracing::debug!(
+                    deleted = outcome.deleted,
+                    links_removed = outcome.links_removed,
+                    "retention"
+                );
+            });
+        Ok(())
+    }
+
+    /// Rebuilds the run-log index from disk (on the writer thread, after
+    /// what it was asked before), answering commands meanwhile.
+    pub(super) async fn rescan_run_logs(&mut self) -> Result<(), Stop> {
+        let writer = self.log_writer.clone();
+        let runs_dir = self.runs_dir.clone();
+        match self.wait(writer.scan(&runs_dir)).await? {
+            Ok(logs) => self.run_logs = logs,
+            Err(error) => tracing::warn!(%error, "retention: cannot list the run logs"),
         }
-        tracing::debug!(
-            deleted = outcome.deleted,
-            links_removed = outcome.links_removed,
-            "retention"
-        );
+        Ok(())
     }
 
-    /// Rebuilds the run-log index from disk.
-    pub(super) fn rescan_run_logs(&mut self) {
-        self.run_logs = runlog::scan(&self.runs_dir);
-    }
-
-    /// Adds the run log just finished to the index.
-    pub(super) fn index_run_log(&mut self, run_log: &Path, ended: SystemTime) {
-        if let Ok(meta) = std::fs::symlink_metadata(run_log) {
-            if let Some(name) = run_log.file_name().and_then(|n| n.to_str()) {
-                self.run_logs.push(RunLogEntry {
-                    name: name.to_string(),
-                    modified: ended,
-                    size: meta.len(),
-                });
-            }
+    /// Adds the run log just closed, `size` bytes, to the index.
+    pub(super) fn index_run_log(&mut self, run_log: &Path, ended: SystemTime, size: u64) {
+        if let Some(name) = run_log.file_name().and_then(|n| n.to_str()) {
+            self.run_logs.push(RunLogEntry {
+                name: name.to_string(),
+                modified: ended,
+                size,
+            });
         }
     }
 

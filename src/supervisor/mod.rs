@@ -34,8 +34,9 @@ use crate::backoff::Backoff;
 use crate::command::{Command, ResumeAnswer};
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::naming::{RunLogEntry, RunLogNamer};
+use crate::naming::RunLogEntry;
 use crate::notify::Notifier;
+use crate::runlog::RunLogWriter;
 use crate::runner::Runner;
 use crate::state::{Reason, Snapshot, Status, StoredState};
 use crate::statefile::StateDir;
@@ -63,6 +64,8 @@ pub struct SupervisorParts<R> {
     pub previous_state: Option<StoredState>,
     /// The processes: [`crate::runner::Os`], or a fake in tests.
     pub runner: R,
+    /// The thread that does the disk work in AGENT_LOG_DIR.
+    pub log_writer: RunLogWriter,
 }
 
 /// The loop and everything it owns.
@@ -79,7 +82,7 @@ pub struct Supervisor<R: Runner> {
     state_dir: StateDir,
     runs_dir: PathBuf,
     run_logs: Vec<RunLogEntry>,
-    namer: RunLogNamer,
+    log_writer: RunLogWriter,
     notifier: Notifier,
     watchdog: Option<tokio::time::Interval>,
     sigchld: Option<tokio::signal::unix::Signal>,
@@ -107,7 +110,7 @@ impl<R: Runner> Supervisor<R> {
             next_sleep: Duration::ZERO,
             runs_dir: settings.log_dir.join("runs"),
             run_logs: Vec::new(),
-            namer: RunLogNamer::default(),
+            log_writer: parts.log_writer,
             state,
             commands: parts.commands,
             commands_closed: false,
@@ -145,7 +148,7 @@ impl<R: Runner> Supervisor<R> {
     async fn main_loop(&mut self) -> Result<(), Stop> {
         let passed = self.preflight().await?;
         self.notifier.ready(self.state.status.as_str());
-        self.rescan_run_logs();
+        self.rescan_run_logs().await?;
         if !passed {
             self.maintain().await?;
             self.halt(Status::Unhealthy, Reason::PreflightFailed)

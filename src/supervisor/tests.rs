@@ -229,6 +229,7 @@ impl Rig {
             notifier: Notifier::disabled(),
             previous_state: self.previous.take(),
             runner: self.world.clone(),
+            log_writer: crate::runlog::RunLogWriter::spawn().unwrap(),
         });
         let last = snapshots.clone();
         tokio::join!(

@@ -3,7 +3,13 @@
 //!
 //! Names and the retention choice are values in [`crate::naming`]; this
 //! module does the file work. Files are created new, 0640, and never
-//! through a symlink.
+//! through a symlink. The loop reaches all of it through the
+//! [`RunLogWriter`] thread, so a log directory that blocks never blocks
+//! the loop.
+
+mod writer;
+
+pub use writer::{OpenRunLog, RunLogWriter, Sink, WriterError, Written, BUFFERS, CHUNK, GATE_VAR};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
