@@ -212,12 +212,21 @@ fn a_symlink_planted_at_the_next_run_log_name_is_not_followed() {
         .filter(|p| stamps.contains(&parse_name(&name_of(p)).unwrap().0))
         .count();
     assert!(in_planted_seconds > 0, "no run started in a planted second");
+    // The shutdown may stop the last job before it writes anything.
+    let last = logs
+        .iter()
+        .map(|log| util::run_log_header(log).iteration)
+        .max();
     for log in &logs {
         let (stamp, suffix) = parse_name(&name_of(log)).unwrap();
         if stamps.contains(&stamp) {
             assert!(suffix >= 2, "{} reused a planted name", name_of(log));
         }
-        assert_eq!(util::run_log_body(log), b"job output\n");
+        let body = util::run_log_body(log);
+        if Some(util::run_log_header(log).iteration) == last && body.is_empty() {
+            continue;
+        }
+        assert_eq!(body, b"job output\n", "{}", name_of(log));
     }
 }
 

@@ -456,7 +456,11 @@ fn a_jobloop_killed_during_preflight_hook_or_shutdown_grace_leaves_nothing_behin
             .env("AGENT_PREFLIGHT_TIMEOUT", "1h")
             .env("AGENT_HOOK_TIMEOUT", "1h")
             .env("AGENT_SHUTDOWN_GRACE", "1h");
-        let stubborn = h.script("stubborn.sh", "trap '' TERM\nexec sleep 3600");
+        // `.ready` beside the script: SIGTERM is ignored from then on.
+        let stubborn = h.script(
+            "stubborn.sh",
+            "trap '' TERM\n: > \"$0.ready\"\nexec sleep 3600",
+        );
         let stubborn = stubborn.to_str().unwrap().to_string();
         let left = match moment {
             "preflight" => {
@@ -480,7 +484,11 @@ fn a_jobloop_killed_during_preflight_hook_or_shutdown_grace_leaves_nothing_behin
             }
             _ => {
                 h.start(&[], &[&stubborn]);
-                h.wait_status("running", Duration::from_secs(20));
+                // The job must ignore SIGTERM before it gets one.
+                let ready = format!("{stubborn}.ready");
+                h.wait_until("the job to ignore SIGTERM", Duration::from_secs(20), |_| {
+                    std::path::Path::new(&ready).exists()
+                });
                 h.signal(nix::sys::signal::Signal::SIGTERM);
                 kill_restart_and_list_leftovers(&mut h, &assignment, |h| {
                     h.state().is_some_and(|s| s["status"] == "stopping")
