@@ -17,6 +17,11 @@ use tokio::time::Instant;
 
 use super::{reaper, JobSpec, Process, RunReport, SpawnFailure};
 
+/// Most scans for a previous jobloop's leftovers at start.
+const LEFTOVER_SCANS: u32 = 10;
+/// Pause between two of those scans.
+const LEFTOVER_SCAN_PAUSE: Duration = Duration::from_millis(10);
+
 /// How many shutdowns were asked for so far: 1 stops the child with the
 /// shutdown grace, 2 or more kill it at once.
 pub type Shutdowns = watch::Receiver<u32>;
@@ -128,9 +133,30 @@ impl Runner for Os {
     }
 
     fn stop_leftovers(&self, instance: &str) -> usize {
-        let left = reaper::processes_with_env(&format!("{}={instance}", super::INSTANCE_VAR));
-        reaper::kill_with_groups(&left);
-        left.len()
+        let entry = format!("{}={instance}", super::INSTANCE_VAR);
+        // A process in the middle of an exec shows another environment for
+        // a moment (a job forked by the killed jobloop but not yet exec'd
+        // still has jobloop's own; a shell becoming `sleep` none), so one
+        // scan can miss a left-over job: scanning until three scans in a
+        // row find nothing catches it on a later pass. On a restart only,
+        // and about 30 ms.
+        let mut stopped = 0;
+        let mut empty_scans = 0;
+        for _ in 0..LEFTOVER_SCANS {
+            let left = reaper::processes_with_env(&entry);
+            if left.is_empty() {
+                empty_scans += 1;
+                if empty_scans == 3 {
+                    break;
+                }
+            } else {
+                empty_scans = 0;
+                reaper::kill_with_groups(&left);
+                stopped += left.len();
+            }
+            std::thread::sleep(LEFTOVER_SCAN_PAUSE);
+        }
+        stopped
     }
 
     async fn stop_adopted(&self, grace: Duration, shutdowns: Shutdowns) {
