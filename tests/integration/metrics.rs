@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use crate::util::{daemon, metric, Harness};
+use crate::util::{self, daemon, metric, Harness};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -253,21 +253,7 @@ fn promtool_finds_nothing_in_a_real_scrape() {
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_status("token-expired", WAIT);
     let body = scrape(&h);
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = util::run_with_input(promtool, &["check", "metrics"], &body);
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{Harness, RunLogHeader};
+use crate::util::{self, Harness, RunLogHeader};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -97,20 +97,7 @@ struct Seen {
 }
 
 fn parse_strictly(python: &str, text: &str) -> Vec<Seen> {
-    let mut child = Command::new(python)
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = util::run_with_input(python, &["-c", PARSE], text);
     assert!(
         output.status.success(),
         "the strict parser rejects the answer: {}\n{text}",

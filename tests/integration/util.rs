@@ -616,6 +616,24 @@ pub fn log_field(line: &str, key: &str) -> Option<String> {
 
 // The harness's own promises: a wait that times out says what it waited
 // for and shows the daemon's state.json and stderr.
+/// Runs `program ARGS` with `input` on its standard input and waits for it.
+pub fn run_with_input(program: &str, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("a piped stdin")
+        .write_all(input.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write to {program}: {e}"));
+    child.wait_with_output().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use std::panic::{catch_unwind, AssertUnwindSafe};
