@@ -41,7 +41,7 @@
           '5m',
           c.instanceSeverity,
           'A jobloop instance cannot be scraped.',
-          'Prometheus has failed to scrape %s for 5 minutes: the process is gone, crash-looping or unreachable, so its jobs are not being run.' % who,
+          'Prometheus has failed to scrape %s for 5 minutes: the process is gone, restarting or unreachable, so its jobs are not being run.' % who,
         ),
         alert(
           'JobloopAbsent',
@@ -118,14 +118,14 @@
           'A jobloop instance has had no successful run for a long time.',
           'The last successful run of %s ended {{ $value | humanizeDuration }} ago (or it has never had one since it started).' % who,
         ),
-        // jobloop counts failed writes of run logs and of state.json; both
+        // jobloop counts failed writes of run logs and of its state directory
         // failures lose data without stopping the loop.
         alert(
           'JobloopWriteErrors',
           |||
             label_replace(increase(%s[%s]) > 0, "file", "run log", "", "")
               or
-            label_replace(increase(%s[%s]) > 0, "file", "state.json", "", "")
+            label_replace(increase(%s[%s]) > 0, "file", "state", "", "")
           ||| % [s('jobloop_run_log_write_errors_total'), c.writeErrorWindow, s('jobloop_state_write_errors_total'), c.writeErrorWindow],
           '1m',
           'warning',
