@@ -119,7 +119,7 @@
           'The last successful run of %s ended {{ $value | humanizeDuration }} ago (or it has never had one since it started).' % who,
         ),
         // jobloop counts failed writes of run logs and of its state directory
-        // failures lose data without stopping the loop.
+        // (state.json, markers): both lose data without stopping the loop.
         alert(
           'JobloopWriteErrors',
           |||
