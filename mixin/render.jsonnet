@@ -18,6 +18,8 @@ local annotationScraping = jobloop {
       labels: {
         'app.kubernetes.io/name': 'jobloop',
         'app.kubernetes.io/instance': 'jobloop',
+        // The crate version (Cargo.toml), passed by scripts/render-mixin.py.
+        'app.kubernetes.io/version': std.extVar('version'),
         'app.kubernetes.io/component': 'monitoring',
         'app.kubernetes.io/part-of': 'jobloop',
       },

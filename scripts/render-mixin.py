@@ -13,6 +13,7 @@ this. Needs jsonnet and PyYAML.
 import difflib
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -79,7 +80,9 @@ def ordered(obj):
 
 def render() -> dict:
     try:
-        out = subprocess.run(["jsonnet", "-J", str(ROOT / "mixin"), str(ROOT / "mixin/render.jsonnet")],
+        version = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+        out = subprocess.run(["jsonnet", "-J", str(ROOT / "mixin"), "--ext-str", f"version={version}",
+                              str(ROOT / "mixin/render.jsonnet")],
                              check=True, capture_output=True, text=True).stdout
     except FileNotFoundError:
         sys.exit("jsonnet is not installed: apt-get install jsonnet")

@@ -414,13 +414,18 @@ def check_compose():
 
 
 # ----------------------------------------------------------------- kubernetes
-def k8s_docs():
+def k8s_docs(folder="deploy/kubernetes"):
+    """The documents of the apply path: *.yaml directly in FOLDER (kubectl
+    apply -f FOLDER does not descend into examples/ or prometheus-adapter/)."""
     docs = []
-    for path in sorted((ROOT / "deploy/kubernetes").glob("*.yaml")):
+    for path in sorted((ROOT / folder).glob("*.yaml")):
         for d in yaml.safe_load_all(path.read_text()):
             if d:
                 docs.append((path.name, d))
     return docs
+
+
+APP_LABELS = ("name", "instance", "version", "component", "part-of")
 
 
 def check_kubernetes():
@@ -429,19 +434,41 @@ def check_kubernetes():
     for name, d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
     known = settings()
+    version = crate_version()
+    expect("Secret" not in by_kind, "no Secret in the apply path (re-applying would overwrite renewed credentials)")
+    for name, d in docs:
+        labels = d["metadata"].get("labels", {})
+        missing = [k for k in APP_LABELS if f"app.kubernetes.io/{k}" not in labels]
+        expect(not missing, f"{name} {d['kind']}: labels app.kubernetes.io/{{{','.join(APP_LABELS)}}} (missing {missing})")
+        if "app.kubernetes.io/version" in labels:
+            expect(labels["app.kubernetes.io/version"] == version,
+                   f"{name} {d['kind']}: app.kubernetes.io/version {labels['app.kubernetes.io/version']} = Cargo.toml {version}")
     dep = by_kind["Deployment"][0]
     spec = dep["spec"]
     pod = spec["template"]["spec"]
     c = pod["containers"][0]
-    env = {e["name"]: e for e in c.get("env", [])}
+    env_list = c.get("env", [])
+    env = {e["name"]: e for e in env_list}
     expect(spec.get("replicas", 1) > 1, f"Deployment: replicas {spec.get('replicas')} > 1")
     for var in env:
         if var.startswith("AGENT_"):
             expect(var in known, f"Deployment: {var} is a SPEC section 1 setting")
+    # Kubernetes expands $(VAR) only for variables defined earlier in the list.
+    defined = set()
+    for e in env_list:
+        for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", str(e.get("value", ""))):
+            expect(ref in defined, f"Deployment: {e['name']} uses $({ref}) after {ref} is defined")
+        defined.add(e["name"])
     listen = env.get("AGENT_LISTEN", {}).get("value", f"0.0.0.0:{PORT}")
     expect(listen.endswith(f":{PORT}"), f"Deployment: AGENT_LISTEN {listen} uses port {PORT}")
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
     expect(PORT in ports.values(), f"Deployment: containerPort {PORT}")
+    image = c.get("image", "")
+    expect(image.endswith(f":{version}"),
+           f"Deployment: image {image} is pinned to the crate version {version}")
+    tpl_labels = spec["template"]["metadata"]["labels"]
+    expect(tpl_labels.get("app.kubernetes.io/version") == version, "Deployment: pods labelled with the crate version")
+    expect(all(f"app.kubernetes.io/{k}" in tpl_labels for k in APP_LABELS), "Deployment: pods carry every app.kubernetes.io label")
 
     def probe(kind, path):
         p = c.get(kind, {}).get("httpGet", {})
@@ -452,9 +479,12 @@ def check_kubernetes():
     probe("livenessProbe", "/livez")
     probe("readinessProbe", "/readyz")
     expect("startupProbe" in c, "Deployment: has a startupProbe")
+    expect(env.get("AGENT_STOP_MODE", {}).get("value") == "drain", "Deployment: AGENT_STOP_MODE=drain")
     grace = seconds(env.get("AGENT_SHUTDOWN_GRACE", {}).get("value", "25s"))
+    kill = seconds(env.get("AGENT_KILL_GRACE", {}).get("value", "10s"))
     tgp = pod.get("terminationGracePeriodSeconds", 30)
-    expect(tgp > grace, f"Deployment: terminationGracePeriodSeconds {tgp} > AGENT_SHUTDOWN_GRACE {grace:g}s")
+    expect(tgp >= grace + kill + 5, f"Deployment: terminationGracePeriodSeconds {tgp} >= AGENT_SHUTDOWN_GRACE {grace:g}s"
+           f" + AGENT_KILL_GRACE {kill:g}s + 5s (SPEC section 5)")
     res = c.get("resources", {})
     expect(all(k in res.get(s, {}) for s in ("requests", "limits") for k in ("cpu", "memory")),
            "Deployment: cpu and memory requests and limits")
@@ -465,28 +495,60 @@ def check_kubernetes():
     expect(csc.get("allowPrivilegeEscalation") is False, "Deployment: allowPrivilegeEscalation false")
     secret_vols = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
     mounted = [m for m in c.get("volumeMounts", []) if m["name"] in secret_vols]
-    secrets = {d["metadata"]["name"] for d in by_kind.get("Secret", [])}
-    expect(bool(mounted) and all(secret_vols[m["name"]] in secrets for m in mounted),
-           f"Deployment: a Secret of deploy/kubernetes is mounted as files ({[m['mountPath'] for m in mounted]})")
-    labels = spec["template"]["metadata"]["labels"]
+    examples = {d["metadata"]["name"] for _, d in k8s_docs("deploy/kubernetes/examples") if d["kind"] == "Secret"}
+    expect(bool(mounted) and all(secret_vols[m["name"]] in examples for m in mounted),
+           f"Deployment: the Secret it mounts ({sorted(secret_vols.values())}) has an example in deploy/kubernetes/examples/")
+    labels = tpl_labels
     ann = spec["template"]["metadata"].get("annotations", {})
     expect(ann.get("prometheus.io/port") == str(PORT), f"Deployment: scrape annotations name port {PORT}")
+
+    def selects_pods(kind, sel):
+        expect(bool(sel) and all(labels.get(k) == v for k, v in sel.items()), f"{kind}: selector matches the pods")
+
+    pdb = by_kind.get("PodDisruptionBudget", [None])[0]
+    if expect(pdb is not None, "PodDisruptionBudget exists"):
+        expect(pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow",
+               "PodDisruptionBudget: unhealthyPodEvictionPolicy AlwaysAllow (halted pods are NotReady)")
+        selects_pods("PodDisruptionBudget", pdb["spec"]["selector"].get("matchLabels", {}))
+    hpa = by_kind.get("HorizontalPodAutoscaler", [None])[0]
+    if expect(hpa is not None, "HorizontalPodAutoscaler exists"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        expect(ref["kind"] == "Deployment" and ref["name"] == dep["metadata"]["name"], "HPA: scales the Deployment")
+        names = [m["pods"]["metric"]["name"] for m in hpa["spec"].get("metrics", []) if m["type"] == "Pods"]
+        adapter = yaml.safe_load((ROOT / "deploy/kubernetes/prometheus-adapter/values.yaml").read_text())
+        served = {r["name"]["as"]: r for r in adapter["rules"]["custom"]}
+        expect(len(names) == 1 and names[0] in served, f"HPA: custom metric {names} is served by prometheus-adapter/values.yaml ({sorted(served)})")
+        rule = served.get(names[0] if names else "", {})
+        expect("jobloop_busy_seconds_total" in rule.get("seriesQuery", "") and "rate(<<.Series>>" in rule.get("metricsQuery", ""),
+               "prometheus-adapter: the metric is rate(jobloop_busy_seconds_total) per pod")
+        expect(hpa["spec"].get("minReplicas", 1) >= 2, "HPA: minReplicas >= 2 (a fleet)")
     pm = by_kind.get("PodMonitor", [None])[0]
     if expect(pm is not None, "PodMonitor exists"):
-        # kubernetes-validate has no schema for this CRD: check its fields here.
-        allowed = {"jobLabel", "selector", "podMetricsEndpoints", "namespaceSelector", "podTargetLabels",
-                   "sampleLimit", "targetLimit"}
-        expect(set(pm["spec"]) <= allowed, f"PodMonitor: known spec fields ({sorted(pm['spec'])})")
-        sel = pm["spec"]["selector"].get("matchLabels", {})
-        expect(bool(sel) and all(labels.get(k) == v for k, v in sel.items()), "PodMonitor: selector matches the pods")
+        selects_pods("PodMonitor", pm["spec"]["selector"].get("matchLabels", {}))
         expect(pm["spec"].get("jobLabel") in labels and labels[pm["spec"]["jobLabel"]] == "jobloop",
-               "PodMonitor: jobLabel makes the scrape job 'jobloop'")
+               "PodMonitor: jobLabel makes the scrape job 'jobloop' (the mixin's default selector)")
         for ep in pm["spec"]["podMetricsEndpoints"]:
             expect(ep.get("port") in ports and ep.get("path", "/metrics") == "/metrics",
                    f"PodMonitor: endpoint port {ep.get('port')} path {ep.get('path')}")
     pr = by_kind.get("PrometheusRule", [None])[0]
-    if expect(pr is not None, "PrometheusRule exists"):
-        expect(set(pr["spec"]) == {"groups"}, "PrometheusRule: spec has only groups")
+    expect(pr is not None, "PrometheusRule exists")
+
+
+def check_crds():
+    """The operator's kinds, which kubernetes-validate has no schema for,
+    against the JSON schemas of tests/deploy/schemas/."""
+    import jsonschema
+    schemas = {"PodMonitor": "podmonitor.schema.json", "PrometheusRule": "prometheusrule.schema.json"}
+    seen = set()
+    for name, d in k8s_docs():
+        if d["kind"] not in schemas:
+            continue
+        seen.add(d["kind"])
+        schema = json.loads((HERE / "schemas" / schemas[d["kind"]]).read_text())
+        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(d), key=lambda e: list(e.path))
+        expect(not errors, f"{name}: {d['kind']} matches tests/deploy/schemas/{schemas[d['kind']]}"
+               + "".join(f"\n       {'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5]))
+    expect(seen == set(schemas), f"the apply path has a {' and a '.join(sorted(schemas))} ({sorted(seen)})")
 
 
 def copy_docker_context(out):
@@ -526,6 +588,8 @@ def main():
         check_compose()
     elif cmd == ["kubernetes"]:
         check_kubernetes()
+    elif cmd == ["crds"]:
+        check_crds()
     elif cmd == ["docker-context"] and len(sys.argv) == 3:
         copy_docker_context(sys.argv[2])
     elif cmd == ["prometheusrule-spec"] and len(sys.argv) == 3:
