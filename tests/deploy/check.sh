@@ -137,6 +137,7 @@ prometheusrule_rules() {
 
 run "tools are installed" need_tools
 run "mixin renders exactly the shipped alerts, dashboard and PrometheusRule (no drift)" python3 scripts/render-mixin.py --check
+run "mixin: jsonnetfmt --test (formatted)" bash -c 'jsonnetfmt --test mixin/*.libsonnet mixin/*.jsonnet && echo formatted'
 run "promtool check rules alerts/jobloop.rules.yml (and the annotation-scraping rendering)" \
     promtool check rules alerts/jobloop.rules.yml alerts/tests/rules/annotation-scraping.rules.yml
 run "promtool test rules alerts/tests/*.yml" promtool test rules alerts/tests/*.yml
