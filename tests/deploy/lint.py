@@ -449,7 +449,10 @@ def check_kubernetes():
     c = pod["containers"][0]
     env_list = c.get("env", [])
     env = {e["name"]: e for e in env_list}
-    expect(spec.get("replicas", 1) > 1, f"Deployment: replicas {spec.get('replicas')} > 1")
+    if "HorizontalPodAutoscaler" in by_kind:
+        expect("replicas" not in spec, "Deployment: no replicas (the HorizontalPodAutoscaler owns the count)")
+    else:
+        expect(spec.get("replicas", 1) > 1, f"Deployment: replicas {spec.get('replicas')} > 1")
     for var in env:
         if var.startswith("AGENT_"):
             expect(var in known, f"Deployment: {var} is a SPEC section 1 setting")
