@@ -177,8 +177,9 @@
               and
             increase(%(hooks)s[%(w)s])
               >= ignoring (hook) group_left
-            0.5 * sum without (outcome) (increase(%(runs)s[%(w)s]))
+            %(share)s * sum without (outcome) (increase(%(runs)s[%(w)s]))
           ||| % {
+            share: c.hookFailureShare,
             hooks: s('jobloop_hook_failures_total'),
             runs: s('jobloop_iterations_total'),
             w: c.hookFailureWindow,

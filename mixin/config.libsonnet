@@ -44,7 +44,8 @@
     noSuccessSeconds: 6 * 3600,  // JobloopNoRecentSuccess: no success for this long
     stalledMarginSeconds: 600,  // JobloopStalled: beyond the backoff; > AGENT_IDLE_SLEEP
     iterationTooLongSeconds: 3600,  // JobloopIterationTooLong
-    hookFailureWindow: '1d',  // JobloopHookFailing: hooks failing after half the runs in this window
+    hookFailureWindow: '1d',  // JobloopHookFailing: over this window, a hook failed ...
+    hookFailureShare: 0.5,  // ... after at least this share of the runs ...
     hookFailureMinFailures: 2,  // ... and at least this often
     writeErrorWindow: '10m',  // JobloopWriteErrors: any failed write in this window
     fleetHaltedRatio: 0.5,  // JobloopFleetHalted: share of a fleet halted or down ...
