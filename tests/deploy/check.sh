@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Offline checks of everything an operator deploys: alert rules and their
-# unit tests and runbook, the Grafana dashboard and provisioning, the
+# Offline checks of everything an operator deploys: the monitoring mixin and
+# the files rendered from it (alert rules, dashboard, PrometheusRule: no
+# drift), the rules' unit tests and runbook, Grafana provisioning, the
 # docker-compose stack and Dockerfile (without a Docker engine), and the
-# Kubernetes manifests (including the PrometheusRule-vs-alerts drift check).
+# Kubernetes manifests (core kinds by kubernetes-validate, the operator's
+# kinds by the JSON schemas of tests/deploy/schemas/).
 #
 #   tests/deploy/check.sh          # from the repository root (or anywhere)
 #
 # Needs: promtool and amtool (Debian: prometheus, prometheus-alertmanager),
-# jq, docker-compose (Debian package), python3 with PyYAML, and
-# kubernetes-validate (PyPI). Prints one line per check, runs them all, and
+# jsonnet, jq, docker-compose (Debian packages), python3 with PyYAML and
+# jsonschema, and kubernetes-validate (PyPI; it brings both modules). Prints one line per check, runs them all, and
 # exits 1 if any failed.
 set -euo pipefail
 
@@ -39,7 +41,7 @@ run() {
 
 need_tools() {
     local missing=0 tool
-    for tool in promtool amtool jq docker-compose kubernetes-validate python3; do
+    for tool in promtool amtool jsonnet jq docker-compose kubernetes-validate python3; do
         if command -v "$tool" >/dev/null 2>&1; then
             echo "found $tool: $(command -v "$tool")"
         else
@@ -47,12 +49,12 @@ need_tools() {
             missing=1
         fi
     done
-    if ! python3 -c 'import yaml' 2>/dev/null; then
-        echo "MISSING python3 module yaml (PyYAML)"
+    if ! python3 -c 'import yaml, jsonschema' 2>/dev/null; then
+        echo "MISSING python3 module yaml (PyYAML) or jsonschema"
         missing=1
     fi
     if [ "$missing" = 1 ]; then
-        echo "install: apt-get install -y --no-install-recommends prometheus prometheus-alertmanager jq docker-compose"
+        echo "install: apt-get install -y --no-install-recommends prometheus prometheus-alertmanager jsonnet jq docker-compose"
         echo "         pip install kubernetes-validate   (brings PyYAML)"
         return 1
     fi
@@ -68,7 +70,7 @@ dashboard_shape() {
     echo "schemaVersion $(jq .schemaVersion "$d")"
     local vars
     vars=$(jq -r '[.templating.list[].name] | join(",")' "$d")
-    [ "$vars" = "datasource,job,instance" ] || { echo "variables are '$vars', want datasource,job,instance"; return 1; }
+    [ "$vars" = "datasource,namespace,job,pod" ] || { echo "variables are '$vars', want datasource,namespace,job,pod"; return 1; }
     echo "variables: $vars"
     [ "$(jq -r '.templating.list[0] | .type + "/" + .query' "$d")" = datasource/prometheus ] \
         || { echo "\$datasource is not a Prometheus data source variable"; return 1; }
@@ -91,12 +93,12 @@ kubernetes_validate() {
         echo "kubernetes-validate is not on PATH: pip install kubernetes-validate"
         return 1
     fi
-    kubernetes-validate --strict deploy/kubernetes/*.yaml || return 1
+    kubernetes-validate --strict deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml || return 1
     # kubernetes-validate only warns about kinds it has no schema for
-    # (the operator's PodMonitor and PrometheusRule); lint.py kubernetes
-    # checks those fields, and promtool checks the PrometheusRule's rules.
+    # (the operator's PodMonitor and PrometheusRule); lint.py crds checks
+    # those against tests/deploy/schemas/, and promtool the PrometheusRule's rules.
     local out
-    out=$(kubernetes-validate --strict deploy/kubernetes/*.yaml 2>&1)
+    out=$(kubernetes-validate --strict deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml 2>&1)
     if grep -E "Couldn't find schema" <<<"$out" | grep -vE "kind (PodMonitor|PrometheusRule) " ; then
         echo "unexpected kind without schema"
         return 1
@@ -134,10 +136,14 @@ prometheusrule_rules() {
 }
 
 run "tools are installed" need_tools
-run "promtool check rules alerts/jobloop.rules.yml" promtool check rules alerts/jobloop.rules.yml
+run "mixin renders exactly the shipped alerts, dashboard and PrometheusRule (no drift)" python3 scripts/render-mixin.py --check
+run "mixin: jsonnetfmt --test (formatted)" bash -c 'jsonnetfmt --test mixin/*.libsonnet mixin/*.jsonnet && echo formatted'
+run "promtool check rules alerts/jobloop.rules.yml (and the annotation-scraping rendering)" \
+    promtool check rules alerts/jobloop.rules.yml alerts/tests/rules/annotation-scraping.rules.yml
 run "promtool test rules alerts/tests/*.yml" promtool test rules alerts/tests/*.yml
-run "alerts: labels, annotations, runbook sections and anchors, unit-test coverage" python3 tests/deploy/lint.py alerts
-run "dashboard: JSON, fixed uid, variables datasource/job/instance" dashboard_shape
+run "alerts: selector on every series, labels, annotations, runbook URLs and sections, inhibit rule, unit-test coverage" \
+    python3 tests/deploy/lint.py alerts
+run "dashboard: JSON, fixed uid, variables datasource/namespace/job/pod" dashboard_shape
 run "dashboard: panel queries use only metrics of tests/fixtures/metrics.txt (and up)" python3 tests/deploy/lint.py dashboard
 run "docker-compose -f docker-compose.yml config --quiet" docker-compose -f docker-compose.yml config --quiet
 run "compose: mounted files exist, ports and env agree with SPEC, Dockerfile" python3 tests/deploy/lint.py compose
@@ -145,9 +151,10 @@ run "Dockerfile build context: cargo --locked resolves with .dockerignore applie
 run "promtool check config deploy/compose/prometheus.yml (with the rules)" compose_prometheus_config
 run "amtool check-config deploy/compose/alertmanager.yml" amtool check-config deploy/compose/alertmanager.yml
 run "kubernetes-validate --strict deploy/kubernetes/*.yaml" kubernetes_validate
-run "kubernetes: probes, grace period, resources, security, Secret, scrape" python3 tests/deploy/lint.py kubernetes
+run "kubernetes: labels, env order, image, probes, drain and grace period, PDB, HPA, no Secret, scrape" \
+    python3 tests/deploy/lint.py kubernetes
+run "kubernetes: PodMonitor and PrometheusRule match tests/deploy/schemas/" python3 tests/deploy/lint.py crds
 run "PrometheusRule rules pass promtool check rules" prometheusrule_rules
-run "PrometheusRule carries exactly the rules of alerts/ (no drift)" python3 scripts/sync-prometheusrule.py --check
 run "shell scripts parse (bash -n)" bash -c 'for f in tests/deploy/*.sh; do bash -n "$f" && echo "$f"; done'
 
 echo
