@@ -254,7 +254,8 @@ impl Runner for Os {
         }
         tracing::info!("stopping processes left behind by earlier jobs");
         reaper::signal_adopted(Signal::SIGTERM);
-        while kill_at.is_none_or(|at| Instant::now() < at) && shutdowns.borrow().asked < kill_now_at {
+        while kill_at.is_none_or(|at| Instant::now() < at) && shutdowns.borrow().asked < kill_now_at
+        {
             reaper::reap_orphans(None);
             if reaper::adopted_processes(None).is_empty() {
                 return;

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::classify::{classify, Next};
 use super::{Stop, Supervisor};
-use crate::runlog::{self, Written};
 use crate::config::StopMode;
+use crate::runlog::{self, Written};
 use crate::runner::{self, Child, JobSpec, RunEvent, RunReport, Runner, StopPolicy};
 use crate::state::{Hook, Outcome, PreflightResult, Status};
 use crate::telemetry::{LoopSpan, SpanIds};

@@ -11,8 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::runner::{
-    Child, JobSpec, RunEvent, RunReport, Runner, ShutdownStep, Shutdowns, SpawnFailure,
-    StopPolicy,
+    Child, JobSpec, RunEvent, RunReport, Runner, ShutdownStep, Shutdowns, SpawnFailure, StopPolicy,
 };
 
 /// What one scripted child does.
@@ -55,9 +54,11 @@ pub(super) struct World {
     pub(super) jobs: RefCell<VecDeque<Script>>,
     pub(super) shells: RefCell<VecDeque<Script>>,
     pub(super) started: RefCell<Vec<String>>,
-    /// When each stop of adopted processes was to SIGKILL them (`None` =
-    /// never), as the loop asked.
-    pub(super) adopted_kill_at: RefCell<Vec<Option<Instant>>>,
+    /// Each stop of adopted processes: when it began and when it was to
+    /// SIGKILL them (`None` = never), as the loop asked.
+    pub(super) adopted: RefCell<Vec<(Instant, Option<Instant>)>>,
+    /// When each job ended, and its exit code.
+    pub(super) ended: RefCell<Vec<(Instant, i32)>>,
 }
 
 #[derive(Clone, Default)]
@@ -66,6 +67,8 @@ pub(super) struct FakeRunner(pub(super) Rc<World>);
 pub(super) struct FakeChild {
     pub(super) pid: u32,
     pub(super) script: Script,
+    /// Where a job records its end; `None` for a shell.
+    pub(super) world: Option<Rc<World>>,
 }
 
 impl Child for FakeChild {
@@ -80,6 +83,23 @@ impl Child for FakeChild {
     async fn run_to_end(
         self,
         policy: StopPolicy,
+        shutdowns: Shutdowns,
+        on_event: impl FnMut(RunEvent),
+    ) -> RunReport {
+        let world = self.world.clone();
+        let report = self.play(policy, shutdowns, on_event).await;
+        if let Some(world) = world {
+            let ended = (Instant::now(), report.exit_code);
+            world.ended.borrow_mut().push(ended);
+        }
+        report
+    }
+}
+
+impl FakeChild {
+    async fn play(
+        self,
+        policy: StopPolicy,
         mut shutdowns: Shutdowns,
         mut on_event: impl FnMut(RunEvent),
     ) -> RunReport {
@@ -91,7 +111,7 @@ impl Child for FakeChild {
         let mut drain_ends = None;
         let mut kill_at = None;
         let mut obeyed = 0;
-        let mut term = |ends: &mut Option<Instant>, exit_code: &mut i32| {
+        let term = |ends: &mut Option<Instant>, exit_code: &mut i32| {
             if !self.script.ignores_term {
                 let acted = Instant::now() + TERM_TAKES;
                 *ends = Some(ends.map_or(acted, |at| at.min(acted)));
@@ -173,6 +193,7 @@ impl Runner for FakeRunner {
         Ok(FakeChild {
             pid: 1000 + started.len() as u32,
             script,
+            world: Some(self.0.clone()),
         })
     }
 
@@ -188,6 +209,7 @@ impl Runner for FakeRunner {
         Ok(FakeChild {
             pid: 1000 + started.len() as u32,
             script,
+            world: None,
         })
     }
 
@@ -207,6 +229,6 @@ impl Runner for FakeRunner {
         _kill_now_at: u32,
         _shutdowns: Shutdowns,
     ) {
-        self.0.adopted_kill_at.borrow_mut().push(kill_at);
+        self.0.adopted.borrow_mut().push((Instant::now(), kill_at));
     }
 }
