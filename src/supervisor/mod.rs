@@ -56,7 +56,9 @@ pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 /// state writer) after the span flush.
 const EXIT_RESERVE: Duration = Duration::from_millis(500);
 
-/// Longest span flush, however much budget is left.
+/// Shortest and longest span flush (AGENT_SHUTDOWN_GRACE, within these),
+/// budget permitting.
+const FLUSH_MIN: Duration = Duration::from_secs(1);
 const FLUSH_MAX: Duration = Duration::from_secs(10);
 
 /// How the loop ended.
@@ -68,6 +70,9 @@ pub struct Ending {
     /// The end of the shutdown's one budget, counted from its first
     /// request (or the halt); `None` when too far to represent.
     pub deadline: Option<std::time::Instant>,
+    /// The longest span flush without regard to the budget:
+    /// AGENT_SHUTDOWN_GRACE within 1 to 10 s.
+    pub flush_max: Duration,
 }
 
 impl Ending {
@@ -78,17 +83,18 @@ impl Ending {
         self.halt.and_then(Status::halt_exit_code).unwrap_or(0)
     }
 
-    /// How long the span flush may take at `now`: what is left of the
-    /// budget less a moment to exit, at most [`FLUSH_MAX`]. No floor: past
-    /// the budget the flush gets nothing, so the bound of SPEC §5 holds
-    /// whatever the collector does.
+    /// How long the span flush may take at `now`: `flush_max`, but no
+    /// more than what is left of the budget less a moment to exit. Its
+    /// floor of a second holds only within the budget: past it the flush
+    /// gets nothing, so the bound of SPEC §5 holds whatever the collector
+    /// does.
     pub fn flush_limit(&self, now: std::time::Instant) -> Duration {
         match self.deadline {
-            None => FLUSH_MAX,
+            None => self.flush_max,
             Some(deadline) => deadline
                 .saturating_duration_since(now)
                 .saturating_sub(EXIT_RESERVE)
-                .min(FLUSH_MAX),
+                .min(self.flush_max),
         }
     }
 }
@@ -212,6 +218,7 @@ impl<R: Runner> Supervisor<R> {
         Ending {
             halt: self.exit_halt,
             deadline: self.shutdown_deadline().map(tokio::time::Instant::into_std),
+            flush_max: self.settings.shutdown_grace.clamp(FLUSH_MIN, FLUSH_MAX),
         }
     }
 

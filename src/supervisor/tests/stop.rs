@@ -207,12 +207,18 @@ async fn escaped_processes_and_the_flush_share_what_is_left_of_the_budget() {
     assert_eq!(kill_at, Some(asked + SECS(1)));
     let ending = rig.ending.unwrap();
     assert_eq!(ending.deadline, Some(end.into_std()));
-    // The flush: what is left less half a second, at most 10 s, nothing
-    // past the end.
+    // The flush: the shutdown grace within 1..10 s, but no more than what
+    // is left less half a second: nothing past the end.
     let at = |secs: u64| (began + SECS(secs)).into_std();
     assert_eq!(ending.flush_limit(at(37)), Duration::from_millis(2500));
     assert_eq!(ending.flush_limit(at(40)), Duration::ZERO);
     assert_eq!(ending.flush_limit(at(0)), SECS(10));
+    let short = Ending {
+        flush_max: SECS(1),
+        ..ending
+    };
+    assert_eq!(short.flush_limit(at(37)), SECS(1));
+    assert_eq!(short.flush_limit(at(39)), Duration::from_millis(500));
 
     // With graces of 0 the floor still fits: SIGKILL by the budget's end
     // less the flush's reserve.
