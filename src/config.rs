@@ -47,6 +47,45 @@ pub enum LogFormat {
     Json,
 }
 
+/// What jobloop does with a running job on SIGTERM/SIGINT (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// The job gets SIGTERM at once, SIGKILL after AGENT_SHUTDOWN_GRACE.
+    Terminate,
+    /// The job may finish on its own within AGENT_SHUTDOWN_GRACE; then
+    /// SIGTERM, and SIGKILL after AGENT_KILL_GRACE.
+    Drain,
+}
+
+impl StopMode {
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Terminate => "terminate",
+            StopMode::Drain => "drain",
+        }
+    }
+}
+
+/// What a halt does to jobloop itself (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaltAction {
+    /// Stay up, serving metrics and health, until a resume.
+    Wait,
+    /// Stop what is left and exit with the halt's code (69 or 77).
+    Exit,
+}
+
+impl HaltAction {
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaltAction::Wait => "wait",
+            HaltAction::Exit => "exit",
+        }
+    }
+}
+
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -70,6 +109,10 @@ pub struct Settings {
     pub kill_grace: Duration,
     /// SIGTERM-to-SIGKILL grace on jobloop's own shutdown.
     pub shutdown_grace: Duration,
+    /// What a shutdown does to the running job.
+    pub stop_mode: StopMode,
+    /// What a halt does to jobloop.
+    pub halt_action: HaltAction,
     /// Shell command run before the loop.
     pub preflight_cmd: Option<String>,
     /// Longest the preflight may run.
@@ -262,6 +305,14 @@ impl Settings {
         let job_timeout = c.duration_or_off("AGENT_JOB_TIMEOUT");
         let kill_grace = c.duration("AGENT_KILL_GRACE");
         let shutdown_grace = c.duration("AGENT_SHUTDOWN_GRACE");
+        let stop_mode = match c.choice("AGENT_STOP_MODE") {
+            Some("drain") => StopMode::Drain,
+            _ => StopMode::Terminate,
+        };
+        let halt_action = match c.choice("AGENT_HALT_ACTION") {
+            Some("exit") => HaltAction::Exit,
+            _ => HaltAction::Wait,
+        };
         let preflight_cmd = c.command("AGENT_PREFLIGHT_CMD");
         let preflight_timeout = c.duration("AGENT_PREFLIGHT_TIMEOUT");
         let recover_interval = c.duration_or_off("AGENT_RECOVER_INTERVAL");
@@ -325,6 +376,8 @@ impl Settings {
             job_timeout,
             kill_grace,
             shutdown_grace,
+            stop_mode,
+            halt_action,
             preflight_cmd,
             preflight_timeout,
             recover_interval,

@@ -76,13 +76,15 @@ use supervisor::{Supervisor, SupervisorParts};
 /// How long `/livez` waits for the loop to answer a ping.
 const LIVENESS_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Runs the daemon until it is stopped.
+/// Runs the daemon until it is stopped, or until a halt under
+/// AGENT_HALT_ACTION=exit; returns the process's exit code (0, or the
+/// halt's 69 or 77).
 ///
 /// # Errors
 ///
 /// Fatal start-up errors: a directory that cannot be written, a port that is
 /// taken, an exporter that cannot be built. Each names what and where.
-pub fn run(settings: Settings) -> anyhow::Result<()> {
+pub fn run(settings: Settings) -> anyhow::Result<u8> {
     // First, before any runtime or thread opens descriptors (SPEC §6).
     let descriptors = limits::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -105,13 +107,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             settings.state_dir.display()
         )
     })?;
-    runtime.block_on(run_async(Arc::new(settings), descriptors))
+    let result = runtime.block_on(run_async(Arc::new(settings), descriptors));
+    // A span flush stuck on a collector that never answers runs on a
+    // blocking thread; dropping the runtime would wait for it and break
+    // the shutdown's bound (SPEC §5).
+    runtime.shutdown_background();
+    result
 }
 
 async fn run_async(
     settings: Arc<Settings>,
     descriptors: limits::Descriptors,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u8> {
     let signal_handlers =
         signals::SignalHandlers::install().context("cannot install signal handlers")?;
     // The instance id is made first: the spans' resource carries it.
@@ -175,7 +182,7 @@ async fn run_async(
         "jobloop started"
     );
 
-    let (loop_done, loop_finished) = oneshot::channel::<()>();
+    let (loop_done, loop_finished) = oneshot::channel::<supervisor::Ending>();
     let parts = SupervisorParts {
         settings: settings.clone(),
         state_dir,
@@ -195,28 +202,25 @@ async fn run_async(
                 .enable_all()
                 .build()
                 .expect("a current-thread runtime builds");
-            runtime.block_on(async move { Supervisor::new(parts).run().await });
-            let _ = loop_done.send(());
+            let ending = runtime.block_on(async move { Supervisor::new(parts).run().await });
+            let _ = loop_done.send(ending);
         })
         .context("cannot start the supervisor thread")?;
 
     // The loop and state threads exist now and keep the normal priority.
     http::lower_this_thread_priority();
     let forwarding = tokio::spawn(signal_handlers.forward(command_sender));
-    let _ = loop_finished.await;
+    let ending = loop_finished.await.unwrap_or_default();
     let _ = loop_thread.join();
     forwarding.abort();
+    // The flush gets what is left of the shutdown's one budget.
     telemetry
-        .shutdown(
-            settings
-                .shutdown_grace
-                .clamp(Duration::from_secs(1), Duration::from_secs(10)),
-        )
+        .shutdown(ending.flush_limit(std::time::Instant::now()))
         .await;
     let _ = http_stop.send(());
     let _ = server.await;
     writer.join();
-    Ok(())
+    Ok(ending.exit_code())
 }
 
 /// Creates `AGENT_LOG_DIR/runs` (0750) and proves it writable, so a bad

@@ -1,5 +1,6 @@
 //! The `jobloop` binary: parse, validate, dispatch, and turn the result into
-//! an exit code (0 clean stop, 78 bad settings, 1 any other fatal error).
+//! an exit code (0 clean stop, 78 bad settings, 1 any other fatal error,
+//! 69 or 77 for a halt under AGENT_HALT_ACTION=exit).
 
 use std::process::ExitCode;
 
@@ -15,7 +16,7 @@ fn main() -> ExitCode {
     match cli.command {
         CliCommand::Run(args) => match settings(&args) {
             Ok(settings) => match jobloop::run(settings) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(code) => ExitCode::from(code),
                 Err(error) => {
                     eprintln!("jobloop: {error:#}");
                     ExitCode::FAILURE

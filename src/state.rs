@@ -72,6 +72,20 @@ impl Status {
         matches!(self, Status::Unhealthy | Status::TokenExpired)
     }
 
+    /// The exit code that ends jobloop in this halt under
+    /// AGENT_HALT_ACTION=exit (SPEC §5): 77 (`EX_NOPERM`) for expired
+    /// credentials, 69 (`EX_UNAVAILABLE`) for every unhealthy halt
+    /// (max-failures, preflight-failed, exit-policy, and any reason added
+    /// later); `None` for a status that is no halt. The one place the code
+    /// of a halt is chosen.
+    pub fn halt_exit_code(self) -> Option<u8> {
+        match self {
+            Status::TokenExpired => Some(77),
+            Status::Unhealthy => Some(69),
+            _ => None,
+        }
+    }
+
     /// True while the daemon can take work (readiness).
     pub fn is_ready(self) -> bool {
         matches!(self, Status::Running | Status::Idle | Status::Backoff)
@@ -117,11 +131,14 @@ pub enum Reason {
     CommandNotFound,
     /// The command exists but cannot be executed (exit code 126).
     NotExecutable,
+    /// Stopping under AGENT_STOP_MODE=drain: the running job may finish
+    /// on its own.
+    Draining,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::PreflightFailed,
         Reason::MaxFailures,
         Reason::ExitCode,
@@ -129,6 +146,7 @@ impl Reason {
         Reason::Timeout,
         Reason::CommandNotFound,
         Reason::NotExecutable,
+        Reason::Draining,
     ];
 
     /// Parses the SPEC spelling.
@@ -148,6 +166,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::CommandNotFound => "command-not-found",
             Reason::NotExecutable => "not-executable",
+            Reason::Draining => "draining",
         }
     }
 }
@@ -511,6 +530,7 @@ mod tests {
             (Reason::Timeout, "timeout"),
             (Reason::CommandNotFound, "command-not-found"),
             (Reason::NotExecutable, "not-executable"),
+            (Reason::Draining, "draining"),
         ];
         for (reason, text) in reasons {
             assert_eq!(reason.as_str(), text);

@@ -169,7 +169,7 @@ pub const SETTINGS: &[Setting] = &[
         flag: "--kill-grace",
         default: Some("10s"),
         value_name: "DURATION",
-        help: "SIGTERM → SIGKILL when jobloop stops a job (timeout, auth kill)",
+        help: "SIGTERM → SIGKILL when jobloop stops a job (timeout, auth kill, a drain's end)",
         form: Form::Duration,
         describe: |s| format_duration(s.kill_grace),
     },
@@ -178,9 +178,30 @@ pub const SETTINGS: &[Setting] = &[
         flag: "--shutdown-grace",
         default: Some("25s"),
         value_name: "DURATION",
-        help: "SIGTERM → SIGKILL for the job on jobloop's own shutdown",
+        help: "SIGTERM → SIGKILL for the job on jobloop's own shutdown \
+               (under `drain`: how long it may still finish on its own)",
         form: Form::Duration,
         describe: |s| format_duration(s.shutdown_grace),
+    },
+    Setting {
+        variable: "AGENT_STOP_MODE",
+        flag: "--stop-mode",
+        default: Some("terminate"),
+        value_name: "MODE",
+        help: "on SIGTERM: `terminate` passes SIGTERM to the job at once; `drain` lets it \
+               finish within AGENT_SHUTDOWN_GRACE, then SIGTERM and SIGKILL after AGENT_KILL_GRACE",
+        form: Form::Choice(&["terminate", "drain"]),
+        describe: |s| s.stop_mode.as_str().to_string(),
+    },
+    Setting {
+        variable: "AGENT_HALT_ACTION",
+        flag: "--halt-action",
+        default: Some("wait"),
+        value_name: "ACTION",
+        help: "on a halt: `wait` stays up until a resume; `exit` ends jobloop with exit code \
+               69 (unhealthy) or 77 (token expired)",
+        form: Form::Choice(&["wait", "exit"]),
+        describe: |s| s.halt_action.as_str().to_string(),
     },
     Setting {
         variable: "AGENT_PREFLIGHT_CMD",

@@ -4,9 +4,14 @@
 //!
 //! The stop policy: after AGENT_JOB_TIMEOUT (or the preflight's or a hook's
 //! limit) the child gets SIGTERM and AGENT_KILL_GRACE; when the auth
-//! pattern matches and AGENT_AUTH_KILL is set, the same; at jobloop's
-//! first shutdown request SIGTERM and AGENT_SHUTDOWN_GRACE; at the second,
-//! SIGKILL at once. A grace or limit too long to represent is no deadline.
+//! pattern matches and AGENT_AUTH_KILL is set, the same. At jobloop's
+//! shutdown ([`StopPolicy::shutdown_step`]), counted from the first request:
+//! under `terminate` SIGTERM at once and SIGKILL at the end of
+//! AGENT_SHUTDOWN_GRACE, the second request SIGKILL at once; under `drain`
+//! (the job only) nothing until the end of AGENT_SHUTDOWN_GRACE, then
+//! SIGTERM and SIGKILL after AGENT_KILL_GRACE, the second request SIGTERM
+//! at once (SIGKILL after AGENT_KILL_GRACE), the third SIGKILL at once. A
+//! grace or limit too long to represent is no deadline.
 
 use std::io;
 use std::time::Duration;
@@ -22,9 +27,51 @@ const LEFTOVER_SCANS: u32 = 10;
 /// Pause between two of those scans.
 const LEFTOVER_SCAN_PAUSE: Duration = Duration::from_millis(10);
 
-/// How many shutdowns were asked for so far: 1 stops the child with the
-/// shutdown grace, 2 or more kill it at once.
-pub type Shutdowns = watch::Receiver<u32>;
+/// Where jobloop's shutdown stands: how many stop requests came so far
+/// (signals, or the one a halt under AGENT_HALT_ACTION=exit makes) and when
+/// the first came. Every deadline of the shutdown is counted from that one
+/// instant, so the whole shutdown has one budget (SPEC §5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Stop requests so far; 0 = none.
+    pub asked: u32,
+    /// When the first came; `None` before it.
+    pub began: Option<Instant>,
+}
+
+impl Shutdown {
+    /// True once a shutdown was asked for.
+    pub fn is_asked(&self) -> bool {
+        self.asked > 0
+    }
+
+    /// One more request: the first sets the instant the budget counts from.
+    pub fn ask(&mut self, now: Instant) {
+        self.asked = self.asked.saturating_add(1);
+        self.began.get_or_insert(now);
+    }
+}
+
+/// The shutdown as the children see it.
+pub type Shutdowns = watch::Receiver<Shutdown>;
+
+/// What a child is to do at a shutdown request ([`StopPolicy::shutdown_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownStep {
+    /// Let it run on its own (a drain); SIGTERM at `term_at` (`None` =
+    /// never).
+    Drain {
+        /// When the drain's grace runs out.
+        term_at: Option<Instant>,
+    },
+    /// SIGTERM now, SIGKILL at `kill_at` (`None` = never).
+    Terminate {
+        /// When the grace runs out.
+        kill_at: Option<Instant>,
+    },
+    /// SIGKILL now.
+    Kill,
+}
 
 /// The limits a child runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +82,52 @@ pub struct StopPolicy {
     pub kill_grace: Duration,
     /// Stop the child as soon as the auth pattern matches its output.
     pub auth_kill: bool,
-    /// SIGTERM-to-SIGKILL grace at jobloop's shutdown.
+    /// SIGTERM-to-SIGKILL grace at jobloop's shutdown, or under `drain`
+    /// the time the child may still finish on its own.
     pub shutdown_grace: Duration,
+    /// At a shutdown, let the child finish on its own first
+    /// (AGENT_STOP_MODE=drain; the job only, never a hook or preflight).
+    pub drain: bool,
     /// After the child exits, how long output still held open by a
     /// grandchild is read.
     pub drain_wait: Duration,
+}
+
+impl StopPolicy {
+    /// What the child does now that `shutdown` stands as it does (its
+    /// count just went up); `None` when no shutdown was asked for.
+    pub fn shutdown_step(&self, shutdown: Shutdown, now: Instant) -> Option<ShutdownStep> {
+        let began = shutdown.began.unwrap_or(now);
+        let step = match (self.drain, shutdown.asked) {
+            (_, 0) => return None,
+            (false, 1) => ShutdownStep::Terminate {
+                kill_at: began.checked_add(self.shutdown_grace),
+            },
+            (true, 1) => ShutdownStep::Drain {
+                term_at: began.checked_add(self.shutdown_grace),
+            },
+            (true, 2) => ShutdownStep::Terminate {
+                kill_at: now.checked_add(self.kill_grace),
+            },
+            _ => ShutdownStep::Kill,
+        };
+        Some(step)
+    }
+
+    /// When a child whose drain ran out at `term_at` gets SIGKILL.
+    pub fn drain_kill_at(&self, term_at: Option<Instant>) -> Option<Instant> {
+        term_at.and_then(|at| at.checked_add(self.kill_grace))
+    }
+
+    /// How many requests kill at once: 2 under `terminate`, 3 under
+    /// `drain` (whose second only ends the drain).
+    pub fn kill_now_at(&self) -> u32 {
+        if self.drain {
+            3
+        } else {
+            2
+        }
+    }
 }
 
 /// What happened during a run, for the caller's span (the names are the
@@ -108,9 +196,9 @@ pub trait Runner {
     fn stop_leftovers(&self, instance: &str) -> usize;
 
     /// At shutdown: stops the processes that escaped their job's group and
-    /// were re-parented to jobloop, SIGTERM then SIGKILL after `grace` (or
-    /// at the second shutdown).
-    async fn stop_adopted(&self, grace: Duration, shutdowns: Shutdowns);
+    /// were re-parented to jobloop, SIGTERM now then SIGKILL at `kill_at`
+    /// (`None` = never), or once `kill_now_at` requests were made.
+    async fn stop_adopted(&self, kill_at: Option<Instant>, kill_now_at: u32, shutdowns: Shutdowns);
 }
 
 /// The real processes.
@@ -159,15 +247,15 @@ impl Runner for Os {
         stopped
     }
 
-    async fn stop_adopted(&self, grace: Duration, shutdowns: Shutdowns) {
+    async fn stop_adopted(&self, kill_at: Option<Instant>, kill_now_at: u32, shutdowns: Shutdowns) {
         reaper::reap_orphans(None);
         if reaper::adopted_processes(None).is_empty() {
             return;
         }
         tracing::info!("stopping processes left behind by earlier jobs");
         reaper::signal_adopted(Signal::SIGTERM);
-        let deadline = Instant::now().checked_add(grace);
-        while deadline.is_none_or(|at| Instant::now() < at) && *shutdowns.borrow() < 2 {
+        while kill_at.is_none_or(|at| Instant::now() < at) && shutdowns.borrow().asked < kill_now_at
+        {
             reaper::reap_orphans(None);
             if reaper::adopted_processes(None).is_empty() {
                 return;
@@ -197,14 +285,24 @@ impl Child for Process {
         let mut auth_signal = self.take_auth_signal();
         let mut obeyed = 0;
         let mut listening = true;
+        // Under a drain: when the job gets SIGTERM if it has not ended.
+        let mut drain_ends = None;
         let status = loop {
-            let asked = *shutdowns.borrow_and_update();
-            if asked > obeyed {
-                obeyed = asked;
-                self.stop_for_shutdown(asked, policy.shutdown_grace);
+            let shutdown = *shutdowns.borrow_and_update();
+            if shutdown.asked > obeyed {
+                obeyed = shutdown.asked;
+                if let Some(step) = policy.shutdown_step(shutdown, Instant::now()) {
+                    drain_ends = self.stop_for_shutdown(step, policy.shutdown_grace);
+                }
             }
             tokio::select! {
                 status = self.wait() => break status,
+                _ = sleep_until(drain_ends), if !self.is_stopping() => {
+                    tracing::warn!(pid = self.pid, kill_grace = ?policy.kill_grace,
+                        "the drain's grace ran out: passing SIGTERM to the job");
+                    self.stop_by(policy.drain_kill_at(drain_ends));
+                    drain_ends = None;
+                }
                 _ = sleep_until(deadline), if !self.is_stopping() => {
                     tracing::warn!(pid = self.pid, limit = ?policy.timeout.unwrap_or_default(), "the run took too long; stopping it");
                     on_event(RunEvent::Timeout);
@@ -229,14 +327,25 @@ impl Child for Process {
 }
 
 impl Process {
-    fn stop_for_shutdown(&mut self, asked: u32, grace: Duration) {
-        if asked >= 2 {
-            tracing::warn!(pid = self.pid, "second stop signal: killing the job now");
-            self.kill_now();
-        } else {
-            tracing::info!(pid = self.pid, grace = ?grace, "stopping: passing SIGTERM to the job");
-            self.stop(grace);
+    /// Acts on a shutdown `step`; returns when a drain ends (`None` when
+    /// not draining, or never).
+    fn stop_for_shutdown(&mut self, step: ShutdownStep, grace: Duration) -> Option<Instant> {
+        match step {
+            ShutdownStep::Drain { term_at } => {
+                tracing::info!(pid = self.pid, grace = ?grace,
+                    "draining: the job may finish on its own; no new job");
+                return term_at;
+            }
+            ShutdownStep::Terminate { kill_at } => {
+                tracing::info!(pid = self.pid, "stopping: passing SIGTERM to the job");
+                self.stop_by(kill_at);
+            }
+            ShutdownStep::Kill => {
+                tracing::warn!(pid = self.pid, "another stop signal: killing the job now");
+                self.kill_now();
+            }
         }
+        None
     }
 }
 
@@ -261,6 +370,72 @@ async fn recv_once(receiver: &mut Option<oneshot::Receiver<()>>) -> Result<(), (
 mod tests {
     use super::*;
 
+    fn asked(asked: u32) -> Shutdown {
+        Shutdown {
+            asked,
+            began: (asked > 0).then(Instant::now),
+        }
+    }
+
+    #[test]
+    fn shutdown_steps_count_from_the_first_request() {
+        let secs = Duration::from_secs;
+        let mut policy = StopPolicy {
+            timeout: None,
+            kill_grace: secs(10),
+            auth_kill: false,
+            shutdown_grace: secs(25),
+            drain: false,
+            drain_wait: Duration::ZERO,
+        };
+        let began = Instant::now();
+        let later = began + secs(7);
+        let at = |asked| Shutdown {
+            asked,
+            began: Some(began),
+        };
+        assert_eq!(policy.shutdown_step(at(0), later), None);
+        // terminate: the grace counts from the first request, not from
+        // when the child heard of it.
+        assert_eq!(
+            policy.shutdown_step(at(1), later),
+            Some(ShutdownStep::Terminate {
+                kill_at: Some(began + secs(25))
+            })
+        );
+        assert_eq!(policy.shutdown_step(at(2), later), Some(ShutdownStep::Kill));
+        assert_eq!(policy.kill_now_at(), 2);
+
+        policy.drain = true;
+        assert_eq!(
+            policy.shutdown_step(at(1), later),
+            Some(ShutdownStep::Drain {
+                term_at: Some(began + secs(25))
+            })
+        );
+        assert_eq!(
+            policy.drain_kill_at(Some(began + secs(25))),
+            Some(began + secs(35))
+        );
+        // The second request ends the drain: SIGTERM now, the kill grace.
+        assert_eq!(
+            policy.shutdown_step(at(2), later),
+            Some(ShutdownStep::Terminate {
+                kill_at: Some(later + secs(10))
+            })
+        );
+        assert_eq!(policy.shutdown_step(at(3), later), Some(ShutdownStep::Kill));
+        assert_eq!(policy.kill_now_at(), 3);
+
+        // Graces too long to represent are no deadlines.
+        policy.shutdown_grace = Duration::MAX;
+        assert_eq!(
+            policy.shutdown_step(at(1), later),
+            Some(ShutdownStep::Drain { term_at: None })
+        );
+        assert_eq!(policy.drain_kill_at(None), None);
+    }
+
     /// One test, not several: a stopped child makes the runner reap
     /// orphans, which could take the exit status of a child of a test
     /// running beside it.
@@ -271,9 +446,10 @@ mod tests {
             kill_grace: Duration::MAX,
             auth_kill: true,
             shutdown_grace: Duration::MAX,
+            drain: false,
             drain_wait: Duration::MAX,
         };
-        let (_asker, shutdowns) = watch::channel(0);
+        let (_asker, shutdowns) = watch::channel(asked(0));
         let child = Os.spawn_shell("exit 3", "test").unwrap();
         let report = child.run_to_end(huge, shutdowns, |_| {}).await;
         assert_eq!(report.exit_code, 3);
@@ -281,14 +457,14 @@ mod tests {
 
         // Asked to stop before it started: SIGTERM at once, and the grace
         // too long to represent is no deadline (the shell dies of SIGTERM).
-        let (_asker, shutdowns) = watch::channel(1);
+        let (_asker, shutdowns) = watch::channel(asked(1));
         let child = Os.spawn_shell("sleep 30", "test").unwrap();
         let report = child.run_to_end(huge, shutdowns, |_| {}).await;
         assert_eq!(report.exit_code, 128 + 15);
         assert!(!report.killed);
 
         // A second request kills at once.
-        let (_asker, shutdowns) = watch::channel(2);
+        let (_asker, shutdowns) = watch::channel(asked(2));
         let child = Os.spawn_shell("trap '' TERM; sleep 30", "test").unwrap();
         let report = child.run_to_end(huge, shutdowns, |_| {}).await;
         assert_eq!(report.exit_code, 128 + 9);

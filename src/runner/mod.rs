@@ -10,7 +10,7 @@ mod control;
 mod output;
 pub mod reaper;
 
-pub use control::{Child, Os, RunEvent, Runner, Shutdowns, StopPolicy};
+pub use control::{Child, Os, RunEvent, Runner, Shutdown, ShutdownStep, Shutdowns, StopPolicy};
 pub use output::OutputStats;
 
 use std::io;
@@ -334,7 +334,13 @@ impl Process {
     /// SIGKILL after `grace` unless it is gone.
     fn stop(&mut self, grace: Duration) {
         // A grace too long to represent is no deadline at all (#12).
-        let deadline = Instant::now().checked_add(grace);
+        self.stop_by(Instant::now().checked_add(grace));
+    }
+
+    /// Asks the whole group (and what escaped it) to stop: SIGTERM now,
+    /// SIGKILL at `deadline` (`None` = never) unless it is gone; an
+    /// earlier deadline already set stays.
+    fn stop_by(&mut self, deadline: Option<Instant>) {
         self.kill_at = match (self.kill_at, deadline) {
             (Some(at), Some(deadline)) => Some(at.min(deadline)),
             (at, None) => at,
@@ -422,7 +428,7 @@ impl Process {
 
 /// Resolves once a shutdown was asked for; never if nobody can ask.
 async fn shutdown_asked(shutdowns: &mut Shutdowns) {
-    while *shutdowns.borrow_and_update() == 0 {
+    while !shutdowns.borrow_and_update().is_asked() {
         if shutdowns.changed().await.is_err() {
             std::future::pending::<()>().await;
         }

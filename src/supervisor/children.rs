@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::classify::{classify, Next};
 use super::{Stop, Supervisor};
+use crate::config::StopMode;
 use crate::runlog::{self, Written};
 use crate::runner::{self, Child, JobSpec, RunEvent, RunReport, Runner, StopPolicy};
 use crate::state::{Hook, Outcome, PreflightResult, Status};
@@ -27,13 +28,20 @@ const DRAIN_WAIT: Duration = Duration::from_secs(1);
 const CLOSE_WAIT_AT_SHUTDOWN: Duration = Duration::from_secs(1);
 
 impl<R: Runner> Supervisor<R> {
-    /// The limits of a child that may run `timeout`.
-    fn stop_policy(&self, timeout: Option<Duration>, drain_wait: Duration) -> StopPolicy {
+    /// The limits of a child that may run `timeout`; only the job drains
+    /// (a preflight or hook is stopped at once at a shutdown).
+    pub(super) fn stop_policy(
+        &self,
+        timeout: Option<Duration>,
+        drain_wait: Duration,
+        job: bool,
+    ) -> StopPolicy {
         StopPolicy {
             timeout,
             kill_grace: self.settings.kill_grace,
             auth_kill: self.settings.auth_kill,
             shutdown_grace: self.settings.shutdown_grace,
+            drain: job && self.settings.stop_mode == StopMode::Drain,
             drain_wait,
         }
     }
@@ -47,18 +55,20 @@ impl<R: Runner> Supervisor<R> {
         on_event: impl FnMut(RunEvent),
     ) -> RunReport {
         self.owned_child = Some(child.pid());
+        self.child_drains = policy.drain;
         let shutdowns = self.shutdowns.subscribe();
         let report = self
             .attend(child.run_to_end(policy, shutdowns, on_event))
             .await;
         self.owned_child = None;
+        self.child_drains = false;
         report
     }
 
     /// Runs `sh -c command` to its end; `None` when `sh` cannot start.
     async fn run_shell(&mut self, command: &str, timeout: Duration) -> std::io::Result<RunReport> {
         let child = self.runner.spawn_shell(command, &self.state.instance)?;
-        let policy = self.stop_policy(Some(timeout), Duration::ZERO);
+        let policy = self.stop_policy(Some(timeout), Duration::ZERO, false);
         Ok(self.run_child(child, policy, |_| {}).await)
     }
 
@@ -190,7 +200,7 @@ impl<R: Runner> Supervisor<R> {
                 self.state.job_pid = Some(pid);
                 self.publish();
                 tracing::debug!(iteration, pid, run_log = %run_log_text, trace_id = %ids.trace_id, "job started");
-                let policy = self.stop_policy(self.settings.job_timeout, DRAIN_WAIT);
+                let policy = self.stop_policy(self.settings.job_timeout, DRAIN_WAIT, true);
                 self.run_child(child, policy, |event| span.event(event.as_str()))
                     .await
             }
@@ -369,7 +379,7 @@ impl<R: Runner> Supervisor<R> {
     async fn run_log_closed(&mut self, written: oneshot::Receiver<Written>) -> Option<Written> {
         let mut shutdowns = self.shutdowns.subscribe();
         let bound = async move {
-            while *shutdowns.borrow_and_update() == 0 {
+            while !shutdowns.borrow_and_update().is_asked() {
                 if shutdowns.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }

@@ -8,7 +8,9 @@
 //! the deletes, never the loop.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use super::{Stop, Supervisor};
 use crate::naming::{self, RunLogEntry};
@@ -19,6 +21,14 @@ use crate::statefile;
 /// How often the in-memory run-log index is rebuilt from disk, to see
 /// files that others added or removed.
 const RESCAN_EVERY: u64 = 256;
+
+/// Least time escaped processes get between SIGTERM and SIGKILL at a
+/// shutdown, budget permitting.
+const ADOPTED_FLOOR: Duration = Duration::from_secs(1);
+
+/// Kept at the end of the shutdown's budget for the span flush (about a
+/// second) and the exit.
+const FLUSH_RESERVE: Duration = Duration::from_millis(1500);
 
 impl<R: Runner> Supervisor<R> {
     /// SPEC §3: a state.json left at `running` means the previous jobloop
@@ -156,10 +166,32 @@ impl<R: Runner> Supervisor<R> {
 
     /// At shutdown: stop the processes that escaped their job's group and
     /// were re-parented to jobloop (SPEC §5), answering commands meanwhile.
+    /// They get what is left of the shutdown's budget: SIGKILL when the
+    /// job's own stop would have ended (the two graces after the first
+    /// request), but at least [`ADOPTED_FLOOR`] after their SIGTERM, and
+    /// never later than [`FLUSH_RESERVE`] before the budget's end.
     pub(super) async fn stop_adopted(&mut self) {
         let runner = self.runner.clone();
         let shutdowns = self.shutdowns.subscribe();
-        let grace = self.settings.shutdown_grace;
-        self.attend(runner.stop_adopted(grace, shutdowns)).await;
+        let now = Instant::now();
+        let began = self.shutdowns.borrow().began.unwrap_or(now);
+        let jobs_end = began
+            .checked_add(self.settings.shutdown_grace)
+            .and_then(|at| at.checked_add(self.settings.kill_grace));
+        let floor = now.checked_add(ADOPTED_FLOOR);
+        // `None` is "never": the later of two is never if either is.
+        let kill_at = jobs_end.zip(floor).map(|(a, b)| a.max(b));
+        let latest = self
+            .shutdown_deadline()
+            .map(|end| end.checked_sub(FLUSH_RESERVE).unwrap_or(end));
+        let kill_at = match (kill_at, latest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let kill_now_at = self
+            .stop_policy(None, std::time::Duration::ZERO, true)
+            .kill_now_at();
+        self.attend(runner.stop_adopted(kill_at, kill_now_at, shutdowns))
+            .await;
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::{Stop, Supervisor};
 use crate::command::{Command, ResumeAnswer};
 use crate::runner::Runner;
-use crate::state::Status;
+use crate::state::{Reason, Status};
 
 /// What the loop must react to, after pings and housekeeping are handled.
 pub(super) enum Event {
@@ -36,7 +36,7 @@ impl<R: Runner> Supervisor<R> {
                         // any more: that counts as one shutdown, once, not
                         // as a stream of them.
                         self.commands_closed |= command.is_none();
-                        self.shutdowns.send_modify(|count| *count = count.saturating_add(1));
+                        self.ask_shutdown();
                         return Event::Shutdown;
                     }
                 },
@@ -80,9 +80,23 @@ impl<R: Runner> Supervisor<R> {
         }
     }
 
+    /// A shutdown request while a child runs: state `stopping`, with
+    /// `reason: "draining"` while a draining job may still finish on its
+    /// own (until a second request). A halt that ends jobloop keeps its
+    /// status.
     fn enter_stopping(&mut self) {
-        if self.state.status != Status::Stopping {
+        if self.exit_halt.is_some() {
+            return;
+        }
+        let draining = self.child_drains && self.shutdowns.borrow().asked < 2;
+        let reason = match self.state.reason {
+            _ if draining => Some(Reason::Draining),
+            Some(Reason::Draining) => None,
+            other => other,
+        };
+        if self.state.status != Status::Stopping || self.state.reason != reason {
             self.set_status(Status::Stopping);
+            self.state.reason = reason;
             self.publish();
         }
     }

@@ -32,19 +32,72 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::command::{Command, ResumeAnswer};
-use crate::config::Settings;
+use crate::config::{HaltAction, Settings};
 use crate::metrics::Metrics;
 use crate::naming::RunLogEntry;
 use crate::notify::Notifier;
 use crate::runlog::RunLogWriter;
-use crate::runner::Runner;
+use crate::runner::{Runner, Shutdown};
 use crate::state::{Reason, Snapshot, Status, StoredState};
 use crate::statefile::StateDir;
 use crate::telemetry::{LoopSpan, SpanIds};
 use classify::Next;
 
-/// A shutdown was asked for: unwind to [`Supervisor::run`].
+/// A shutdown was asked for, or a halt ends jobloop: unwind to
+/// [`Supervisor::run`].
 struct Stop;
+
+/// Beyond AGENT_SHUTDOWN_GRACE + AGENT_KILL_GRACE, what the whole
+/// shutdown may take (SPEC §5): the run log's close, the escaped
+/// processes, the span flush, the exit.
+pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+/// Kept at the end of the budget for the process to exit (HTTP server,
+/// state writer) after the span flush.
+const EXIT_RESERVE: Duration = Duration::from_millis(500);
+
+/// Shortest and longest span flush (AGENT_SHUTDOWN_GRACE, within these),
+/// budget permitting.
+const FLUSH_MIN: Duration = Duration::from_secs(1);
+const FLUSH_MAX: Duration = Duration::from_secs(10);
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ending {
+    /// The halt that ended it under AGENT_HALT_ACTION=exit; `None` after
+    /// a shutdown.
+    pub halt: Option<Status>,
+    /// The end of the shutdown's one budget, counted from its first
+    /// request (or the halt); `None` when too far to represent.
+    pub deadline: Option<std::time::Instant>,
+    /// The longest span flush without regard to the budget:
+    /// AGENT_SHUTDOWN_GRACE within 1 to 10 s.
+    pub flush_max: Duration,
+}
+
+impl Ending {
+    /// jobloop's exit code: 0 after a shutdown, the halt's own code
+    /// ([`Status::halt_exit_code`]) after a halt under
+    /// AGENT_HALT_ACTION=exit.
+    pub fn exit_code(&self) -> u8 {
+        self.halt.and_then(Status::halt_exit_code).unwrap_or(0)
+    }
+
+    /// How long the span flush may take at `now`: `flush_max`, but no
+    /// more than what is left of the budget less a moment to exit. Its
+    /// floor of a second holds only within the budget: past it the flush
+    /// gets nothing, so the bound of SPEC §5 holds whatever the collector
+    /// does.
+    pub fn flush_limit(&self, now: std::time::Instant) -> Duration {
+        match self.deadline {
+            None => self.flush_max,
+            Some(deadline) => deadline
+                .saturating_duration_since(now)
+                .saturating_sub(EXIT_RESERVE)
+                .min(self.flush_max),
+        }
+    }
+}
 
 /// What the supervisor is started with.
 pub struct SupervisorParts<R> {
@@ -87,9 +140,15 @@ pub struct Supervisor<R: Runner> {
     watchdog: Option<tokio::time::Interval>,
     sigchld: Option<tokio::signal::unix::Signal>,
     rng: fastrand::Rng,
-    /// Shutdown requests so far, shared with the running child.
-    shutdowns: watch::Sender<u32>,
+    /// The shutdown (requests so far, when it began), shared with the
+    /// running child.
+    shutdowns: watch::Sender<Shutdown>,
     owned_child: Option<u32>,
+    /// The child being attended drains at a shutdown (the job under
+    /// AGENT_STOP_MODE=drain).
+    child_drains: bool,
+    /// The halt that ends jobloop (AGENT_HALT_ACTION=exit).
+    exit_halt: Option<Status>,
     last_span: Option<SpanIds>,
     previous_state: Option<StoredState>,
     runner: Rc<R>,
@@ -121,8 +180,10 @@ impl<R: Runner> Supervisor<R> {
             watchdog,
             sigchld: signal(SignalKind::child()).ok(),
             rng: fastrand::Rng::new(),
-            shutdowns: watch::Sender::new(0),
+            shutdowns: watch::Sender::new(Shutdown::default()),
             owned_child: None,
+            child_drains: false,
+            exit_halt: None,
             last_span: None,
             previous_state: parts.previous_state,
             runner: Rc::new(parts.runner),
@@ -131,18 +192,56 @@ impl<R: Runner> Supervisor<R> {
     }
 
     /// Runs until a shutdown, then stops what is left and publishes
-    /// `stopped`.
-    pub async fn run(mut self) {
+    /// `stopped`; or, under AGENT_HALT_ACTION=exit, until a halt, then
+    /// stops what is left and keeps the halt published.
+    pub async fn run(mut self) -> Ending {
         self.notice_interrupted();
         let _ = self.main_loop().await;
-        self.set_status(Status::Stopping);
-        self.publish();
-        self.notifier.stopping();
-        self.stop_adopted().await;
-        self.set_status(Status::Stopped);
-        self.state.job_pid = None;
-        self.publish();
-        tracing::info!("stopped");
+        if let Some(status) = self.exit_halt {
+            self.notifier.stopping();
+            self.stop_adopted().await;
+            tracing::warn!(
+                status = status.as_str(),
+                exit_code = status.halt_exit_code().unwrap_or(0),
+                "exiting on the halt (AGENT_HALT_ACTION=exit)"
+            );
+        } else {
+            self.set_status(Status::Stopping);
+            self.publish();
+            self.notifier.stopping();
+            self.stop_adopted().await;
+            self.set_status(Status::Stopped);
+            self.state.job_pid = None;
+            self.publish();
+            tracing::info!("stopped");
+        }
+        Ending {
+            halt: self.exit_halt,
+            deadline: self.shutdown_deadline().map(tokio::time::Instant::into_std),
+            flush_max: self.settings.shutdown_grace.clamp(FLUSH_MIN, FLUSH_MAX),
+        }
+    }
+
+    /// Asks for a shutdown (a signal, or the halt action): the first
+    /// request starts the budget.
+    fn ask_shutdown(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.shutdowns.send_modify(|shutdown| shutdown.ask(now));
+    }
+
+    /// The end of the shutdown's budget: AGENT_SHUTDOWN_GRACE +
+    /// AGENT_KILL_GRACE + [`SHUTDOWN_SLACK`] after its first request;
+    /// `None` when too far to represent.
+    fn shutdown_deadline(&self) -> Option<tokio::time::Instant> {
+        let began = self
+            .shutdowns
+            .borrow()
+            .began
+            .unwrap_or_else(tokio::time::Instant::now);
+        began
+            .checked_add(self.settings.shutdown_grace)?
+            .checked_add(self.settings.kill_grace)?
+            .checked_add(SHUTDOWN_SLACK)
     }
 
     async fn main_loop(&mut self) -> Result<(), Stop> {
@@ -209,7 +308,7 @@ impl<R: Runner> Supervisor<R> {
     }
 
     fn shutting_down(&self) -> bool {
-        *self.shutdowns.borrow() > 0
+        self.shutdowns.borrow().is_asked()
     }
 
     /// Halts in `status` until a resume, a passing recovery preflight or a
@@ -220,6 +319,17 @@ impl<R: Runner> Supervisor<R> {
         self.state.backoff_seconds = 0.0;
         self.publish();
         self.mark_halt(status);
+        if self.settings.halt_action == HaltAction::Exit {
+            tracing::warn!(
+                status = status.as_str(),
+                reason = reason.as_str(),
+                consecutive_failures = self.state.consecutive_failures,
+                "halted: stopping what is left and exiting (AGENT_HALT_ACTION=exit)"
+            );
+            self.exit_halt = Some(status);
+            self.ask_shutdown();
+            return Err(Stop);
+        }
         tracing::warn!(
             status = status.as_str(),
             reason = reason.as_str(),

@@ -9,8 +9,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 mod fake;
+mod stop;
 
-use super::{Supervisor, SupervisorParts};
+use super::{Ending, Supervisor, SupervisorParts};
 use crate::backoff::BackoffPolicy;
 use crate::command::{Command, ResumeAnswer};
 use crate::config::Settings;
@@ -26,6 +27,8 @@ struct Rig {
     world: FakeRunner,
     dir: tempfile::TempDir,
     previous: Option<StoredState>,
+    /// How the last [`Rig::run`] ended.
+    ending: Option<Ending>,
 }
 
 struct Running {
@@ -58,6 +61,7 @@ impl Rig {
             world: FakeRunner::default(),
             dir,
             previous: None,
+            ending: None,
         }
     }
 
@@ -80,7 +84,8 @@ impl Rig {
     }
 
     /// Runs the loop and `test` side by side until both are done; `test`
-    /// must end with a shutdown.
+    /// must end with a shutdown (or the loop with a halt under
+    /// AGENT_HALT_ACTION=exit).
     async fn run<F, Fut>(&mut self, test: F) -> Snapshot
     where
         F: FnOnce(Running) -> Fut,
@@ -102,7 +107,7 @@ impl Rig {
             log_writer: crate::runlog::RunLogWriter::spawn().unwrap(),
         });
         let last = snapshots.clone();
-        tokio::join!(
+        let (ending, ()) = tokio::join!(
             supervisor.run(),
             test(Running {
                 snapshots,
@@ -110,6 +115,7 @@ impl Rig {
                 metrics,
             })
         );
+        self.ending = Some(ending);
         let last = last.borrow().clone();
         let _ = &self.dir;
         last

@@ -42,6 +42,8 @@ mod traces_tls;
 /// Faults injected on purpose (issue 6): misbehaving jobs, crashes, full
 /// disks, HTTP and OTLP abuse, PID 1, absurd settings, a broken stderr.
 mod faults;
+/// Fleet stop policies: drain, the one shutdown budget, halt action exit (69/77).
+mod fleet_stop;
 /// Disk hardening: a run-log writer stalled on a FIFO holds the job, never the loop's answers.
 mod hardening_disk;
 /// Hardening: idle connections against a low RLIMIT_NOFILE, probes during the flood.

@@ -8,8 +8,10 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::runner::{
-    Child, JobSpec, RunEvent, RunReport, Runner, Shutdowns, SpawnFailure, StopPolicy,
+    Child, JobSpec, RunEvent, RunReport, Runner, ShutdownStep, Shutdowns, SpawnFailure, StopPolicy,
 };
 
 /// What one scripted child does.
@@ -19,6 +21,8 @@ pub(super) struct Script {
     pub(super) runs: Duration,
     /// Its exit code then.
     pub(super) exit_code: i32,
+    /// It ignores SIGTERM: only SIGKILL (or its own end) ends it.
+    pub(super) ignores_term: bool,
 }
 
 /// The exit code that makes the fake runner fail to start the job with
@@ -29,8 +33,20 @@ pub(super) fn exits(exit_code: i32, after_secs: u64) -> Script {
     Script {
         runs: Duration::from_secs(after_secs),
         exit_code,
+        ignores_term: false,
     }
 }
+
+/// A job that runs `after_secs`, then exits 0, whatever SIGTERM says.
+pub(super) fn deaf(after_secs: u64) -> Script {
+    Script {
+        ignores_term: true,
+        ..exits(0, after_secs)
+    }
+}
+
+/// How long a fake child takes to act on its SIGTERM.
+pub(super) const TERM_TAKES: Duration = Duration::from_secs(1);
 
 /// The scripts still to play and what was started, shared with the test.
 #[derive(Default)]
@@ -38,6 +54,11 @@ pub(super) struct World {
     pub(super) jobs: RefCell<VecDeque<Script>>,
     pub(super) shells: RefCell<VecDeque<Script>>,
     pub(super) started: RefCell<Vec<String>>,
+    /// Each stop of adopted processes: when it began and when it was to
+    /// SIGKILL them (`None` = never), as the loop asked.
+    pub(super) adopted: RefCell<Vec<(Instant, Option<Instant>)>>,
+    /// When each job ended, and its exit code.
+    pub(super) ended: RefCell<Vec<(Instant, i32)>>,
 }
 
 #[derive(Clone, Default)]
@@ -46,6 +67,8 @@ pub(super) struct FakeRunner(pub(super) Rc<World>);
 pub(super) struct FakeChild {
     pub(super) pid: u32,
     pub(super) script: Script,
+    /// Where a job records its end; `None` for a shell.
+    pub(super) world: Option<Rc<World>>,
 }
 
 impl Child for FakeChild {
@@ -53,32 +76,80 @@ impl Child for FakeChild {
         self.pid
     }
 
-    /// Plays the script; like the real runner, a timeout or a shutdown
-    /// ends it as if by SIGTERM (exit 143).
+    /// Plays the script under the policy's shutdown steps (the real
+    /// runner's): SIGTERM ends it [`TERM_TAKES`] later with 143 unless it
+    /// ignores it; SIGKILL ends it at once with 137; a timeout ends it as
+    /// if by SIGTERM.
     async fn run_to_end(
+        self,
+        policy: StopPolicy,
+        shutdowns: Shutdowns,
+        on_event: impl FnMut(RunEvent),
+    ) -> RunReport {
+        let world = self.world.clone();
+        let report = self.play(policy, shutdowns, on_event).await;
+        if let Some(world) = world {
+            let ended = (Instant::now(), report.exit_code);
+            world.ended.borrow_mut().push(ended);
+        }
+        report
+    }
+}
+
+impl FakeChild {
+    async fn play(
         self,
         policy: StopPolicy,
         mut shutdowns: Shutdowns,
         mut on_event: impl FnMut(RunEvent),
     ) -> RunReport {
         let limit = policy.timeout.unwrap_or(Duration::MAX);
-        let ends = tokio::time::sleep(self.script.runs.min(limit));
-        tokio::pin!(ends);
+        let timed_out = self.script.runs > limit;
+        let mut ends = Instant::now().checked_add(self.script.runs.min(limit));
+        let mut exit_code = self.script.exit_code;
+        let mut term_sent = false;
+        let mut drain_ends = None;
+        let mut kill_at = None;
+        let mut obeyed = 0;
+        let term = |ends: &mut Option<Instant>, exit_code: &mut i32| {
+            if !self.script.ignores_term {
+                let acted = Instant::now() + TERM_TAKES;
+                *ends = Some(ends.map_or(acted, |at| at.min(acted)));
+                *exit_code = 143;
+            }
+        };
+        let killed = RunReport {
+            exit_code: 137,
+            killed: true,
+            ..RunReport::default()
+        };
         loop {
-            if *shutdowns.borrow_and_update() > 0 {
-                // A job takes a moment to act on its SIGTERM.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return RunReport {
-                    exit_code: 143,
-                    ..RunReport::default()
-                };
+            let shutdown = *shutdowns.borrow_and_update();
+            if shutdown.asked > obeyed {
+                obeyed = shutdown.asked;
+                match policy.shutdown_step(shutdown, Instant::now()) {
+                    Some(ShutdownStep::Drain { term_at }) => drain_ends = term_at,
+                    Some(ShutdownStep::Terminate { kill_at: at }) => {
+                        term_sent = true;
+                        kill_at = min(kill_at, at);
+                        term(&mut ends, &mut exit_code);
+                    }
+                    Some(ShutdownStep::Kill) => return killed,
+                    None => {}
+                }
             }
             tokio::select! {
-                _ = &mut ends => break,
+                _ = sleep_until(ends) => break,
+                _ = sleep_until(drain_ends), if !term_sent => {
+                    term_sent = true;
+                    kill_at = min(kill_at, policy.drain_kill_at(drain_ends));
+                    term(&mut ends, &mut exit_code);
+                }
+                _ = sleep_until(kill_at) => return killed,
                 _ = shutdowns.changed() => {}
             }
         }
-        if self.script.runs > limit {
+        if timed_out && !term_sent {
             on_event(RunEvent::Timeout);
             return RunReport {
                 exit_code: 143,
@@ -87,9 +158,24 @@ impl Child for FakeChild {
             };
         }
         RunReport {
-            exit_code: self.script.exit_code,
+            exit_code,
             ..RunReport::default()
         }
+    }
+}
+
+/// The earlier of two deadlines, `None` being never.
+fn min(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -107,6 +193,7 @@ impl Runner for FakeRunner {
         Ok(FakeChild {
             pid: 1000 + started.len() as u32,
             script,
+            world: Some(self.0.clone()),
         })
     }
 
@@ -122,6 +209,7 @@ impl Runner for FakeRunner {
         Ok(FakeChild {
             pid: 1000 + started.len() as u32,
             script,
+            world: None,
         })
     }
 
@@ -135,5 +223,12 @@ impl Runner for FakeRunner {
         0
     }
 
-    async fn stop_adopted(&self, _grace: Duration, _shutdowns: Shutdowns) {}
+    async fn stop_adopted(
+        &self,
+        kill_at: Option<Instant>,
+        _kill_now_at: u32,
+        _shutdowns: Shutdowns,
+    ) {
+        self.0.adopted.borrow_mut().push((Instant::now(), kill_at));
+    }
 }
