@@ -8,7 +8,7 @@
 //! label or a span has one `as_str`, pinned to SPEC by the tests below;
 //! [`StoredState`] is the typed form of a state.json read back.
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -117,11 +117,13 @@ pub enum Reason {
     CommandNotFound,
     /// The command exists but cannot be executed (exit code 126).
     NotExecutable,
+    /// An AGENT_EXIT_POLICY rule said `halt` for the job's exit code.
+    ExitPolicy,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::PreflightFailed,
         Reason::MaxFailures,
         Reason::ExitCode,
@@ -129,6 +131,7 @@ impl Reason {
         Reason::Timeout,
         Reason::CommandNotFound,
         Reason::NotExecutable,
+        Reason::ExitPolicy,
     ];
 
     /// Parses the SPEC spelling.
@@ -148,6 +151,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::CommandNotFound => "command-not-found",
             Reason::NotExecutable => "not-executable",
+            Reason::ExitPolicy => "exit-policy",
         }
     }
 }
@@ -163,15 +167,18 @@ pub enum Outcome {
     Timeout,
     /// The auth exit code or the auth pattern.
     TokenExpired,
+    /// An AGENT_EXIT_POLICY `skip` rule: neither a success nor a failure.
+    Skipped,
 }
 
 impl Outcome {
     /// Every outcome (to pre-create metric series).
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Success,
         Outcome::Failure,
         Outcome::Timeout,
         Outcome::TokenExpired,
+        Outcome::Skipped,
     ];
 
     /// The SPEC spelling.
@@ -181,6 +188,7 @@ impl Outcome {
             Outcome::Failure => "failure",
             Outcome::Timeout => "timeout",
             Outcome::TokenExpired => "token_expired",
+            Outcome::Skipped => "skipped",
         }
     }
 
@@ -323,6 +331,45 @@ pub struct Snapshot {
     /// When the current status began.
     #[serde(serialize_with = "serialize_time_required")]
     pub status_since: SystemTime,
+    /// Time jobs have run, for `jobloop_busy_seconds_total`; not a
+    /// state.json key (an `Instant` means nothing outside this process).
+    #[serde(skip)]
+    pub busy: Busy,
+}
+
+/// How long jobs have been running: the finished ones' total and the start
+/// of the one running now, so that a reader (a scrape) adds the running
+/// job's time so far without the loop having to publish every second.
+///
+/// Only the job counts: not the preflight, the hooks or the sleeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Busy {
+    /// Run time of the finished jobs.
+    pub finished: Duration,
+    /// When the running job started; `None` while no job runs.
+    pub since: Option<Instant>,
+}
+
+impl Busy {
+    /// The busy time as of `now`: the finished total plus the running
+    /// job's time so far.
+    pub fn at(&self, now: Instant) -> Duration {
+        let running = self
+            .since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        self.finished.saturating_add(running)
+    }
+
+    /// Marks a job started at `at`.
+    pub fn start(&mut self, at: Instant) {
+        self.since = Some(at);
+    }
+
+    /// Marks the running job ended at `at`, adding its time to the total.
+    pub fn stop(&mut self, at: Instant) {
+        self.finished = self.at(at);
+        self.since = None;
+    }
 }
 
 /// A state.json read back (by a restarted jobloop, or `jobloop status`),
@@ -465,6 +512,7 @@ impl Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             instance: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             status_since: now,
+            busy: Busy::default(),
         }
     }
 
@@ -498,7 +546,10 @@ mod tests {
             ]
         );
         let outcomes: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
-        assert_eq!(outcomes, ["success", "failure", "timeout", "token_expired"]);
+        assert_eq!(
+            outcomes,
+            ["success", "failure", "timeout", "token_expired", "skipped"]
+        );
         let results: Vec<_> = PreflightResult::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(results, ["success", "failure"]);
         let hooks: Vec<_> = Hook::ALL.iter().map(|h| h.as_str()).collect();
@@ -511,6 +562,7 @@ mod tests {
             (Reason::Timeout, "timeout"),
             (Reason::CommandNotFound, "command-not-found"),
             (Reason::NotExecutable, "not-executable"),
+            (Reason::ExitPolicy, "exit-policy"),
         ];
         for (reason, text) in reasons {
             assert_eq!(reason.as_str(), text);
@@ -562,6 +614,33 @@ mod tests {
             StoredState::from_json(b"{}").unwrap(),
             StoredState::default()
         );
+    }
+
+    #[test]
+    fn busy_time_adds_the_running_job() {
+        let start = Instant::now();
+        let mut busy = Busy::default();
+        assert_eq!(busy.at(start), Duration::ZERO);
+        busy.start(start);
+        assert_eq!(
+            busy.at(start + Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        // A reader whose clock is behind the start sees no time, not a panic.
+        assert_eq!(busy.at(start - Duration::from_millis(1)), Duration::ZERO);
+        busy.stop(start + Duration::from_secs(3));
+        assert_eq!(busy.since, None);
+        assert_eq!(
+            busy.at(start + Duration::from_secs(60)),
+            Duration::from_secs(3)
+        );
+        busy.start(start + Duration::from_secs(60));
+        assert_eq!(
+            busy.at(start + Duration::from_secs(61)),
+            Duration::from_secs(4)
+        );
+        let json = String::from_utf8(Snapshot::starting(SystemTime::UNIX_EPOCH).to_json()).unwrap();
+        assert!(!json.contains("busy"), "{json}");
     }
 
     #[test]

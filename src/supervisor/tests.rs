@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 mod fake;
+mod policy;
 
 use super::{Supervisor, SupervisorParts};
 use crate::backoff::BackoffPolicy;

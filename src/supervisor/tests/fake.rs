@@ -9,8 +9,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::runner::{
-    Child, JobSpec, RunEvent, RunReport, Runner, Shutdowns, SpawnFailure, StopPolicy,
+    Child, JobSpec, RunEvent, RunReport, Runner, Shutdowns, SpawnFailure, StopPolicy, Usage,
 };
+
+/// Peak memory every scripted child reports.
+pub(super) const FAKE_RSS: u64 = 8 << 20;
 
 /// What one scripted child does.
 #[derive(Debug, Clone, Copy)]
@@ -86,8 +89,13 @@ impl Child for FakeChild {
                 ..RunReport::default()
             };
         }
+        // As the kernel would report it: half the run time on a CPU.
         RunReport {
             exit_code: self.script.exit_code,
+            usage: Some(Usage {
+                cpu: self.script.runs / 2,
+                max_rss_bytes: FAKE_RSS,
+            }),
             ..RunReport::default()
         }
     }
