@@ -18,8 +18,16 @@ use crate::state::Busy;
 /// reader, so the state keeps its one writer.
 #[derive(Clone)]
 pub(super) struct BusyCounter {
+    /// Only the family's name, help and type: the value is set at collect.
     counter: Counter,
-    busy: Arc<Mutex<Busy>>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// The latest busy time published, and the highest value reported.
+#[derive(Default)]
+struct Seen {
+    busy: Busy,
+    reported: f64,
 }
 
 impl BusyCounter {
@@ -30,18 +38,18 @@ impl BusyCounter {
                 "Seconds a job was running (growing while it runs); rate() is the worker's utilisation.",
             )
             .expect("valid metric"),
-            busy: Arc::new(Mutex::new(Busy::default())),
+            seen: Arc::new(Mutex::new(Seen::default())),
         }
     }
 
     /// Takes the busy time of a published snapshot.
     pub(super) fn observe(&self, busy: Busy) {
-        *self.lock() = busy;
+        self.lock().busy = busy;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Busy> {
-        // A plain value: a panic elsewhere cannot leave it half-written.
-        self.busy
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        // Plain values: a panic elsewhere cannot leave them half-written.
+        self.seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -53,14 +61,25 @@ impl Collector for BusyCounter {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        // Under the lock: two scrapes at once must not both add the same
-        // difference. The counter only ever moves up to the busy time.
-        let busy = self.lock();
-        let behind = busy.at(Instant::now()).as_secs_f64() - self.counter.get();
-        if behind > 0.0 {
-            self.counter.inc_by(behind);
+        let mut seen = self.lock();
+        // A scrape between the job's end and the snapshot that says so
+        // counts a moment the finished total leaves out: never go back
+        // (a counter that drops looks like a restart to Prometheus).
+        let value = seen
+            .busy
+            .at(Instant::now())
+            .as_secs_f64()
+            .max(seen.reported);
+        seen.reported = value;
+        let mut families = self.counter.collect();
+        for family in &mut families {
+            for metric in family.mut_metric() {
+                let mut counter = prometheus::proto::Counter::default();
+                counter.set_value(value);
+                metric.set_counter(counter);
+            }
         }
-        self.counter.collect()
+        families
     }
 }
 
