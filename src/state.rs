@@ -8,9 +8,13 @@
 //! label or a span has one `as_str`, pinned to SPEC by the tests below;
 //! [`StoredState`] is the typed form of a state.json read back.
 
-use std::time::{Duration, Instant, SystemTime};
+mod busy;
+
+use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use busy::Busy;
 
 /// Where the daemon is in its life (state.json `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -337,41 +341,6 @@ pub struct Snapshot {
     pub busy: Busy,
 }
 
-/// How long jobs have been running: the finished ones' total and the start
-/// of the one running now, so that a reader (a scrape) adds the running
-/// job's time so far without the loop having to publish every second.
-///
-/// Only the job counts: not the preflight, the hooks or the sleeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Busy {
-    /// Run time of the finished jobs.
-    pub finished: Duration,
-    /// When the running job started; `None` while no job runs.
-    pub since: Option<Instant>,
-}
-
-impl Busy {
-    /// The busy time as of `now`: the finished total plus the running
-    /// job's time so far.
-    pub fn at(&self, now: Instant) -> Duration {
-        let running = self
-            .since
-            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
-        self.finished.saturating_add(running)
-    }
-
-    /// Marks a job started at `at`.
-    pub fn start(&mut self, at: Instant) {
-        self.since = Some(at);
-    }
-
-    /// Marks the running job ended at `at`, adding its time to the total.
-    pub fn stop(&mut self, at: Instant) {
-        self.finished = self.at(at);
-        self.since = None;
-    }
-}
-
 /// A state.json read back (by a restarted jobloop, or `jobloop status`),
 /// typed. Every key is optional and read leniently: a missing key, a wrong
 /// type or an unknown word gives `None` for that key alone, so a file from
@@ -617,33 +586,6 @@ mod tests {
     }
 
     #[test]
-    fn busy_time_adds_the_running_job() {
-        let start = Instant::now();
-        let mut busy = Busy::default();
-        assert_eq!(busy.at(start), Duration::ZERO);
-        busy.start(start);
-        assert_eq!(
-            busy.at(start + Duration::from_secs(2)),
-            Duration::from_secs(2)
-        );
-        // A reader whose clock is behind the start sees no time, not a panic.
-        assert_eq!(busy.at(start - Duration::from_millis(1)), Duration::ZERO);
-        busy.stop(start + Duration::from_secs(3));
-        assert_eq!(busy.since, None);
-        assert_eq!(
-            busy.at(start + Duration::from_secs(60)),
-            Duration::from_secs(3)
-        );
-        busy.start(start + Duration::from_secs(60));
-        assert_eq!(
-            busy.at(start + Duration::from_secs(61)),
-            Duration::from_secs(4)
-        );
-        let json = String::from_utf8(Snapshot::starting(SystemTime::UNIX_EPOCH).to_json()).unwrap();
-        assert!(!json.contains("busy"), "{json}");
-    }
-
-    #[test]
     fn transitions_follow_the_loop() {
         use Status::*;
         assert!(Starting.can_become(Running));
@@ -683,5 +625,9 @@ mod tests {
         }
         assert_eq!(json["status"], "starting");
         assert_eq!(json["statusSince"], "1970-01-01T00:00:00.000Z");
+        assert!(
+            json.get("busy").is_none(),
+            "busy time is not a state.json key"
+        );
     }
 }
