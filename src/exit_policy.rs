@@ -95,15 +95,15 @@ pub struct PolicyError {
 }
 
 impl ExitPolicy {
-    /// Parses `CODES=ACTION[,CODES=ACTION...]`; an empty or blank text is
-    /// no rules.
+    /// Parses `CODES=ACTION[,CODES=ACTION...]`; an empty or blank text, or
+    /// `none` (what `jobloop check` shows for no rules), is no rules.
     ///
     /// # Errors
     ///
     /// The first rule that is empty (`75=skip,`), has no `=`, a code that is
     /// not a number from 0 to 255, a reversed range, or an unknown action.
     pub fn parse(text: &str) -> Result<ExitPolicy, PolicyError> {
-        if text.trim().is_empty() {
+        if text.trim().is_empty() || text.trim() == "none" {
             return Ok(ExitPolicy::default());
         }
         let rules = text
@@ -224,6 +224,7 @@ mod tests {
     fn no_rules() {
         assert!(ExitPolicy::parse("").unwrap().is_empty());
         assert!(ExitPolicy::parse("  ").unwrap().is_empty());
+        assert!(ExitPolicy::parse(" none").unwrap().is_empty());
         assert_eq!(ExitPolicy::default().to_string(), "none");
         assert_eq!(ExitPolicy::default().action(0), None);
     }
