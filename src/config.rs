@@ -25,6 +25,7 @@ use std::time::Duration;
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::backoff::BackoffPolicy;
+use crate::exit_policy::ExitPolicy;
 use crate::naming::RetentionPolicy;
 pub use otlp::{otlp_from_env, redact_url, OtlpCompression, OtlpProtocol, OtlpSettings};
 use raw::Checker;
@@ -103,6 +104,8 @@ pub struct Settings {
     pub auth_pattern: Regex,
     /// Stop the job as soon as the pattern matches.
     pub auth_kill: bool,
+    /// What exit codes mean, before the 0.1 rules (AGENT_EXIT_POLICY).
+    pub exit_policy: ExitPolicy,
     /// Longest a run may take; `None` = no limit.
     pub job_timeout: Option<Duration>,
     /// SIGTERM-to-SIGKILL grace when jobloop stops a job itself.
@@ -302,6 +305,15 @@ impl Settings {
             c.reject("AGENT_AUTH_KILL", "true or false");
             false
         });
+        let exit_policy = ExitPolicy::parse(c.text("AGENT_EXIT_POLICY")).unwrap_or_else(|error| {
+            c.reject(
+                "AGENT_EXIT_POLICY",
+                &format!(
+                    "{error} (rules are CODES=ACTION, comma-separated, CODES N or N-M from 0 to 255)"
+                ),
+            );
+            ExitPolicy::default()
+        });
         let job_timeout = c.duration_or_off("AGENT_JOB_TIMEOUT");
         let kill_grace = c.duration("AGENT_KILL_GRACE");
         let shutdown_grace = c.duration("AGENT_SHUTDOWN_GRACE");
@@ -373,6 +385,7 @@ impl Settings {
             auth_exit_code,
             auth_pattern,
             auth_kill,
+            exit_policy,
             job_timeout,
             kill_grace,
             shutdown_grace,

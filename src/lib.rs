@@ -22,7 +22,8 @@
 //!
 //! - leaves: [`state`] (the snapshot, its words, state.json read back),
 //!   [`command`] (what http and signals send the loop), [`naming`] (run-log
-//!   names, retention as a value), [`backoff`], [`files`], [`notify`];
+//!   names, retention as a value), [`exit_policy`] (what exit codes
+//!   mean), [`backoff`], [`files`], [`notify`];
 //! - settings: [`cli`], [`config`];
 //! - services: [`runner`], [`runlog`], [`statefile`], [`metrics`],
 //!   [`telemetry`], [`http`], [`signals`], [`status`];
@@ -44,6 +45,7 @@ pub mod backoff;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod exit_policy;
 pub mod files;
 pub mod http;
 pub mod limits;

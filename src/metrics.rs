@@ -8,15 +8,18 @@
 //! to spans and logs instead. Trace ids reach `/metrics` only as
 //! exemplars, in the OpenMetrics answer (`metrics/openmetrics.rs`).
 
+mod collectors;
 mod openmetrics;
 
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use collectors::{BusyCounter, CachedProcessCollector};
 
 use crate::state::{Hook, Outcome, PreflightResult, Snapshot, Status};
 
@@ -66,6 +69,9 @@ pub struct Metrics {
     pub spawn_errors: IntCounter,
     /// `POST /resume` attempts refused for a missing or wrong token.
     pub resume_rejected: IntCounter,
+    job_cpu_seconds: Counter,
+    job_max_rss_bytes: IntGauge,
+    busy_seconds: BusyCounter,
     /// The latest run's exemplar on each iteration counter and bucket.
     exemplars: Mutex<openmetrics::Exemplars>,
 }
@@ -230,6 +236,17 @@ impl Metrics {
                 "POST /resume attempts refused for a missing or wrong bearer token.",
             )
             .expect("valid metric"),
+            job_cpu_seconds: Counter::new(
+                "jobloop_job_cpu_seconds_total",
+                "User and system CPU of finished jobs and the descendants they waited for.",
+            )
+            .expect("valid metric"),
+            job_max_rss_bytes: IntGauge::new(
+                "jobloop_job_max_rss_bytes",
+                "Peak resident memory of the last finished job (the largest of it and its waited-for descendants).",
+            )
+            .expect("valid metric"),
+            busy_seconds: BusyCounter::new(),
             exemplars: Mutex::new(openmetrics::Exemplars::default()),
             registry,
         };
@@ -257,6 +274,9 @@ impl Metrics {
             Box::new(metrics.state_write_errors.clone()),
             Box::new(metrics.spawn_errors.clone()),
             Box::new(metrics.resume_rejected.clone()),
+            Box::new(metrics.job_cpu_seconds.clone()),
+            Box::new(metrics.job_max_rss_bytes.clone()),
+            Box::new(metrics.busy_seconds.clone()),
             Box::new(build_info),
             Box::new(CachedProcessCollector::new()),
         ];
@@ -296,6 +316,15 @@ impl Metrics {
         self.last_success.set(seconds(snapshot.last_success_at));
         self.last_exit_code
             .set(i64::from(snapshot.last_batch_exit.unwrap_or(0)));
+        self.busy_seconds.observe(snapshot.busy);
+    }
+
+    /// Records what a finished job cost (SPEC §7): its CPU time added to
+    /// the total, its peak memory as the gauge's value.
+    pub fn record_job_usage(&self, cpu: Duration, max_rss_bytes: u64) {
+        self.job_cpu_seconds.inc_by(cpu.as_secs_f64());
+        self.job_max_rss_bytes
+            .set(i64::try_from(max_rss_bytes).unwrap_or(i64::MAX));
     }
 
     /// Records one finished run, without an exemplar.
@@ -362,46 +391,6 @@ impl Metrics {
     }
 }
 
-/// The `process_*` metrics, read from `/proc` at most once a second: each
-/// read costs more than the rest of a scrape, and a flood of scrapes must
-/// not turn into a flood of `/proc` reads.
-struct CachedProcessCollector {
-    inner: prometheus::process_collector::ProcessCollector,
-    cache: std::sync::Mutex<Option<(std::time::Instant, Vec<prometheus::proto::MetricFamily>)>>,
-}
-
-impl CachedProcessCollector {
-    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
-
-    fn new() -> CachedProcessCollector {
-        CachedProcessCollector {
-            inner: prometheus::process_collector::ProcessCollector::for_self(),
-            cache: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-impl prometheus::core::Collector for CachedProcessCollector {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.inner.desc()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((at, families)) = cache.as_ref() {
-            if at.elapsed() < Self::FRESH {
-                return families.clone();
-            }
-        }
-        let families = self.inner.collect();
-        *cache = Some((std::time::Instant::now(), families.clone()));
-        families
-    }
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -460,7 +449,7 @@ mod tests {
             .map(|family| family.name())
             .filter(|name| name.starts_with("jobloop_"))
             .collect();
-        assert_eq!(ours.len(), 23, "{ours:?}");
+        assert_eq!(ours.len(), 26, "{ours:?}");
         for name in ours {
             assert!(text.contains(&format!("# TYPE {name} ")), "missing {name}");
         }

@@ -8,9 +8,13 @@
 //! label or a span has one `as_str`, pinned to SPEC by the tests below;
 //! [`StoredState`] is the typed form of a state.json read back.
 
+mod busy;
+
 use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use busy::Busy;
 
 /// Where the daemon is in its life (state.json `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,11 +138,13 @@ pub enum Reason {
     /// Stopping under AGENT_STOP_MODE=drain: the running job may finish
     /// on its own.
     Draining,
+    /// An AGENT_EXIT_POLICY rule said `halt` for the job's exit code.
+    ExitPolicy,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::PreflightFailed,
         Reason::MaxFailures,
         Reason::ExitCode,
@@ -147,6 +153,7 @@ impl Reason {
         Reason::CommandNotFound,
         Reason::NotExecutable,
         Reason::Draining,
+        Reason::ExitPolicy,
     ];
 
     /// Parses the SPEC spelling.
@@ -167,6 +174,7 @@ impl Reason {
             Reason::CommandNotFound => "command-not-found",
             Reason::NotExecutable => "not-executable",
             Reason::Draining => "draining",
+            Reason::ExitPolicy => "exit-policy",
         }
     }
 }
@@ -182,15 +190,18 @@ pub enum Outcome {
     Timeout,
     /// The auth exit code or the auth pattern.
     TokenExpired,
+    /// An AGENT_EXIT_POLICY `skip` rule: neither a success nor a failure.
+    Skipped,
 }
 
 impl Outcome {
     /// Every outcome (to pre-create metric series).
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Success,
         Outcome::Failure,
         Outcome::Timeout,
         Outcome::TokenExpired,
+        Outcome::Skipped,
     ];
 
     /// The SPEC spelling.
@@ -200,6 +211,7 @@ impl Outcome {
             Outcome::Failure => "failure",
             Outcome::Timeout => "timeout",
             Outcome::TokenExpired => "token_expired",
+            Outcome::Skipped => "skipped",
         }
     }
 
@@ -342,6 +354,10 @@ pub struct Snapshot {
     /// When the current status began.
     #[serde(serialize_with = "serialize_time_required")]
     pub status_since: SystemTime,
+    /// Time jobs have run, for `jobloop_busy_seconds_total`; not a
+    /// state.json key (an `Instant` means nothing outside this process).
+    #[serde(skip)]
+    pub busy: Busy,
 }
 
 /// A state.json read back (by a restarted jobloop, or `jobloop status`),
@@ -484,6 +500,7 @@ impl Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             instance: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             status_since: now,
+            busy: Busy::default(),
         }
     }
 
@@ -517,7 +534,10 @@ mod tests {
             ]
         );
         let outcomes: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
-        assert_eq!(outcomes, ["success", "failure", "timeout", "token_expired"]);
+        assert_eq!(
+            outcomes,
+            ["success", "failure", "timeout", "token_expired", "skipped"]
+        );
         let results: Vec<_> = PreflightResult::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(results, ["success", "failure"]);
         let hooks: Vec<_> = Hook::ALL.iter().map(|h| h.as_str()).collect();
@@ -531,6 +551,7 @@ mod tests {
             (Reason::CommandNotFound, "command-not-found"),
             (Reason::NotExecutable, "not-executable"),
             (Reason::Draining, "draining"),
+            (Reason::ExitPolicy, "exit-policy"),
         ];
         for (reason, text) in reasons {
             assert_eq!(reason.as_str(), text);
@@ -624,5 +645,9 @@ mod tests {
         }
         assert_eq!(json["status"], "starting");
         assert_eq!(json["statusSince"], "1970-01-01T00:00:00.000Z");
+        assert!(
+            json.get("busy").is_none(),
+            "busy time is not a state.json key"
+        );
     }
 }

@@ -155,6 +155,17 @@ pub const SETTINGS: &[Setting] = &[
         describe: |s| s.auth_kill.to_string(),
     },
     Setting {
+        variable: "AGENT_EXIT_POLICY",
+        flag: "--exit-policy",
+        default: None,
+        value_name: "RULES",
+        help: "rules `CODES=ACTION`, comma-separated, first match wins: CODES `N` or `N-M` \
+               (0..255, 128+N for signal N), ACTION success, failure, skip, halt or \
+               token_expired (e.g. `75=skip`); the auth code and pattern and timeouts go first",
+        form: Form::Text,
+        describe: |s| s.exit_policy.to_string(),
+    },
+    Setting {
         variable: "AGENT_JOB_TIMEOUT",
         flag: "--job-timeout",
         default: Some("0"),

@@ -120,6 +120,19 @@ pub struct RunReport {
     pub pattern_matched: bool,
     /// Its output.
     pub output: OutputStats,
+    /// What it cost, from the kernel at reaping; `None` when it did not
+    /// start or the kernel would not say.
+    pub usage: Option<Usage>,
+}
+
+/// What a finished child cost, as the kernel's rusage gives it at reaping:
+/// the child itself and the descendants it waited for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// User plus system CPU time.
+    pub cpu: Duration,
+    /// Peak resident memory of the largest of them, in bytes.
+    pub max_rss_bytes: u64,
 }
 
 /// What the job is started with.
@@ -165,6 +178,11 @@ pub struct Process {
     /// that escape its process group are still known to be its own.
     marker: Option<String>,
     exit: Option<ExitStatus>,
+    /// Wakes [`Process::wait`] when a child exits, so that it can read the
+    /// child's usage before tokio reaps it; `None` if it cannot be had
+    /// (then tokio's own wait, without the usage).
+    sigchld: Option<tokio::signal::unix::Signal>,
+    usage: Option<Usage>,
     kill_at: Option<Instant>,
     term_sent: bool,
     kill_sent: bool,
@@ -272,6 +290,8 @@ impl Process {
             pump,
             marker: None,
             exit: None,
+            sigchld: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok(),
+            usage: None,
             kill_at: None,
             term_sent: false,
             kill_sent: false,
@@ -293,14 +313,30 @@ impl Process {
                 break status;
             }
             let deadline = self.kill_at.filter(|_| !self.kill_sent);
+            // The usage is read while the child is a zombie: after tokio's
+            // wait it would be gone. So tokio waits only for a child known
+            // to have exited, and a SIGCHLD wakes the next look.
+            let exited = match reaper::peek_exit(self.pid) {
+                reaper::Peek::Running => self.sigchld.is_none(),
+                reaper::Peek::Exited(usage) => {
+                    self.usage = Some(usage);
+                    true
+                }
+                reaper::Peek::Unknown => true,
+            };
             tokio::select! {
-                status = self.child.wait() => {
+                status = self.child.wait(), if exited => {
                     // A failed wait means the child is gone already; report
                     // it as killed rather than crash the loop.
                     self.exit = Some(status.unwrap_or_else(|_| {
                         use std::os::unix::process::ExitStatusExt;
                         ExitStatus::from_raw(9)
                     }));
+                }
+                open = next_signal(&mut self.sigchld), if !exited => {
+                    if !open {
+                        self.sigchld = None;
+                    }
                 }
                 _ = sleep_until_opt(deadline) => self.kill_now(),
             }
@@ -317,7 +353,10 @@ impl Process {
                 Some(at) if Instant::now() < at => {
                     tokio::time::sleep((at - Instant::now()).min(Duration::from_millis(20))).await;
                 }
-                _ => self.kill_now(),
+                Some(_) => self.kill_now(),
+                // A grace too long to represent is no deadline (#12): the
+                // rest of the group gets all the time it takes.
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
         status
@@ -399,6 +438,7 @@ impl Process {
             timed_out: self.timed_out,
             auth_killed: self.auth_killed,
             killed: self.kill_sent,
+            usage: self.usage,
             ..RunReport::default()
         };
         if let Some(mut pump) = self.pump.take() {
@@ -432,6 +472,15 @@ async fn shutdown_asked(shutdowns: &mut Shutdowns) {
         if shutdowns.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// Waits for the next delivery of `signal`; false once it can deliver no
+/// more (the runtime is shutting down).
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> bool {
+    match signal {
+        Some(signal) => signal.recv().await.is_some(),
+        None => std::future::pending().await,
     }
 }
 

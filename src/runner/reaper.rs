@@ -1,5 +1,6 @@
 //! jobloop as the parent of last resort: child subreaper, zombie reaping,
-//! and finding the processes a job left behind.
+//! finding the processes a job left behind, and what a finished child cost
+//! ([`peek_exit`]).
 //!
 //! A job's daemonised grandchildren are re-parented to jobloop (it is a
 //! child subreaper, or PID 1 in a container). They are reaped here, but only
@@ -9,6 +10,71 @@
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+
+use super::Usage;
+
+/// What [`peek_exit`] saw of a child, without reaping it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// It has not exited yet.
+    Running,
+    /// It has exited (a zombie, still to be reaped); what it cost.
+    Exited(Usage),
+    /// The kernel would not say (not our child any more, or an error):
+    /// the caller waits for it the ordinary way.
+    Unknown,
+}
+
+/// Looks at child `pid` without reaping it: once it has exited, its usage
+/// from the kernel's rusage, the same figures `wait4` would give.
+///
+/// That is the child's own CPU and peak RSS together with those of the
+/// descendants it waited for (the kernel adds a reaped child's usage to its
+/// parent's); a daemonised grandchild that the job never waited for is not
+/// in it. The zombie stays for tokio to reap, so tokio still sees the exit
+/// status. glibc's `waitid` has no rusage argument; the system call has, so
+/// it is made directly.
+#[allow(unsafe_code)]
+pub fn peek_exit(pid: u32) -> Peek {
+    use nix::libc;
+    // SAFETY: both are plain C structs of integers, for which all zero
+    // bytes are a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid(2) with valid pointers to a siginfo_t and a rusage
+    // that live across the call; WNOWAIT leaves the child as it is.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_waitid,
+            libc::P_PID,
+            pid,
+            &mut info as *mut libc::siginfo_t,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            &mut usage as *mut libc::rusage,
+        )
+    };
+    if result != 0 {
+        return Peek::Unknown;
+    }
+    // SAFETY: the kernel filled (or, with WNOHANG and nothing to report,
+    // left zeroed) the siginfo of a SIGCHLD, whose si_pid is valid.
+    if unsafe { info.si_pid() } == 0 {
+        return Peek::Running;
+    }
+    let time = |t: libc::timeval| {
+        let seconds = u64::try_from(t.tv_sec).unwrap_or(0);
+        let micros = u32::try_from(t.tv_usec).unwrap_or(0).min(999_999);
+        std::time::Duration::new(seconds, micros * 1_000)
+    };
+    Peek::Exited(Usage {
+        cpu: time(usage.ru_utime).saturating_add(time(usage.ru_stime)),
+        // Linux gives ru_maxrss in KiB.
+        max_rss_bytes: u64::try_from(usage.ru_maxrss)
+            .unwrap_or(0)
+            .saturating_mul(1024),
+    })
+}
 
 /// Makes orphaned descendants re-parent to jobloop instead of init.
 ///
@@ -107,8 +173,30 @@ pub fn signal_job(pgid: u32, marker: Option<&str>, signal: Signal) {
 /// True while anything of the job lives: a member of its group, or an
 /// escaped process carrying its `marker`.
 pub fn job_alive(pgid: u32, marker: Option<&str>) -> bool {
-    killpg(Pid::from_raw(pgid as i32), None).is_ok()
+    (killpg(Pid::from_raw(pgid as i32), None).is_ok() && group_has_living_member(pgid))
         || marker.is_some_and(|marker| !processes_with_env(marker).is_empty())
+}
+
+/// True when a process of group `pgid` is not a zombie. A signal reaches
+/// a zombie too, but a zombie does nothing: an orphaned member that init
+/// (or jobloop, a moment later) has yet to reap is no reason to kill.
+fn group_has_living_member(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // After the command name: state, ppid, pgrp, ...
+            let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().take(3).collect();
+            matches!(fields[..], [state, _, group] if state != "Z" && group.parse() == Ok(pgid))
+        })
 }
 
 /// Processes (other than jobloop) whose environment holds `entry`

@@ -198,11 +198,17 @@ impl<R: Runner> Supervisor<R> {
                 let pid = child.pid();
                 job_pid = Some(pid);
                 self.state.job_pid = Some(pid);
+                // Busy time is the job's alone (SPEC §7): from its start to
+                // its reaping, not the preflight, hooks or sleeps.
+                self.state.busy.start(Instant::now().into_std());
                 self.publish();
                 tracing::debug!(iteration, pid, run_log = %run_log_text, trace_id = %ids.trace_id, "job started");
                 let policy = self.stop_policy(self.settings.job_timeout, DRAIN_WAIT, true);
-                self.run_child(child, policy, |event| span.event(event.as_str()))
-                    .await
+                let report = self
+                    .run_child(child, policy, |event| span.event(event.as_str()))
+                    .await;
+                self.state.busy.stop(Instant::now().into_std());
+                report
             }
             Err((runner::SpawnFailure::Resource, error)) => {
                 return self
@@ -245,11 +251,16 @@ impl<R: Runner> Supervisor<R> {
         let verdict = classify(
             &report,
             self.settings.auth_exit_code,
+            &self.settings.exit_policy,
             self.state.consecutive_failures,
             self.settings.max_failures,
         );
 
         self.record_output(&report);
+        if let Some(usage) = report.usage {
+            self.metrics
+                .record_job_usage(usage.cpu, usage.max_rss_bytes);
+        }
         // The run's ids become the exemplar of its counter and bucket.
         let trace = crate::metrics::RunTrace {
             trace_id: &ids.trace_id,
@@ -450,11 +461,19 @@ impl<R: Runner> Supervisor<R> {
             "jobloop.output.bytes",
             i64::try_from(report.output.bytes_read).unwrap_or(i64::MAX),
         );
+        if let Some(usage) = report.usage {
+            span.set_f64("jobloop.job.cpu_seconds", usage.cpu.as_secs_f64());
+            span.set_int(
+                "jobloop.job.max_rss_bytes",
+                i64::try_from(usage.max_rss_bytes).unwrap_or(i64::MAX),
+            );
+        }
         if report.killed || report.auth_killed || report.timed_out {
             span.event("killed");
         }
         match outcome {
-            Outcome::Success => span.set_ok(),
+            // SPEC §8: a skip is no error (the job said "nothing to do").
+            Outcome::Success | Outcome::Skipped => span.set_ok(),
             Outcome::Failure => span.set_error("the job failed"),
             Outcome::Timeout => span.set_error("the job timed out"),
             Outcome::TokenExpired => span.set_error("the credentials expired"),

@@ -261,8 +261,8 @@ impl<R: Runner> Supervisor<R> {
             self.maintain().await?;
             match next {
                 // tokio rounds a zero sleep up to its 1 ms timer tick.
-                Next::Idle if self.settings.idle_sleep.is_zero() => {}
-                Next::Idle => {
+                Next::Idle | Next::Skip if self.settings.idle_sleep.is_zero() => {}
+                Next::Idle | Next::Skip => {
                     self.wait(tokio::time::sleep(self.settings.idle_sleep))
                         .await?
                 }
@@ -282,6 +282,9 @@ impl<R: Runner> Supervisor<R> {
                 self.backoff.reset();
                 self.set_status(Status::Idle);
             }
+            // SPEC §2: a skip leaves the backoff where it was, so the next
+            // failure backs off as if the skipped runs had not happened.
+            Next::Skip => self.set_status(Status::Idle),
             Next::Backoff => {
                 self.next_sleep = self.backoff.next_sleep(self.rng.f64());
                 self.state.backoff_seconds = self.next_sleep.as_secs_f64();

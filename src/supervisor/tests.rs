@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 mod fake;
 mod stop;
+mod policy;
 
 use super::{Ending, Supervisor, SupervisorParts};
 use crate::backoff::BackoffPolicy;

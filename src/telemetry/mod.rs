@@ -221,6 +221,11 @@ impl LoopSpan {
         self.span.set_attribute(key, value);
     }
 
+    /// Sets a floating-point attribute.
+    pub fn set_f64(&self, key: &'static str, value: f64) {
+        self.span.set_attribute(key, value);
+    }
+
     /// Adds an event with no attributes.
     pub fn event(&self, name: &'static str) {
         self.span.add_event(name, Vec::new());

@@ -39,6 +39,9 @@ mod traces;
 /// OTLP over TLS and mTLS, gzip, TRACES_* variables, exit 78 on bad files, no credentials printed.
 mod traces_tls;
 
+/// Running a fleet: exit policies and `skipped`, busy seconds, each run's CPU and memory.
+mod fleet_policy;
+
 /// Faults injected on purpose (issue 6): misbehaving jobs, crashes, full
 /// disks, HTTP and OTLP abuse, PID 1, absurd settings, a broken stderr.
 mod faults;

@@ -12,7 +12,11 @@ use tokio::time::Instant;
 
 use crate::runner::{
     Child, JobSpec, RunEvent, RunReport, Runner, ShutdownStep, Shutdowns, SpawnFailure, StopPolicy,
+    Usage,
 };
+
+/// Peak memory every scripted child reports.
+pub(super) const FAKE_RSS: u64 = 8 << 20;
 
 /// What one scripted child does.
 #[derive(Debug, Clone, Copy)]
@@ -157,8 +161,13 @@ impl FakeChild {
                 ..RunReport::default()
             };
         }
+        // As the kernel would report it: half the run time on a CPU.
         RunReport {
             exit_code,
+            usage: Some(Usage {
+                cpu: self.script.runs / 2,
+                max_rss_bytes: FAKE_RSS,
+            }),
             ..RunReport::default()
         }
     }
