@@ -312,6 +312,19 @@ fn halt_exit_on_a_failed_preflight_exits_69_before_any_job() {
     assert!(h.run_logs().is_empty(), "no job ran");
 }
 
+// The exit-policy halt is an unhealthy halt like the others: 69.
+#[test]
+fn halt_exit_on_an_exit_policy_halt_exits_69() {
+    let mut h = halting(&[("AGENT_EXIT_POLICY", "2=halt")], &["sh", "-c", "exit 2"]);
+    let status = h.wait_exit(SECS_10);
+    assert_eq!(status.code(), Some(69), "{}", h.stderr());
+    assert!(h.marker("UNHEALTHY"));
+    let state = h.state().unwrap();
+    assert_eq!(state["status"], "unhealthy", "{state}");
+    assert_eq!(state["reason"], "exit-policy", "{state}");
+    assert_eq!(state["iteration"], 1, "{state}");
+}
+
 #[test]
 fn halt_wait_stays_up() {
     let mut h = Harness::new();
