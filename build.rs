@@ -3,6 +3,11 @@
 //! laid out contiguously and the daemon touches, and keeps resident, fewer
 //! pages of its own text.
 //!
+//! It also packs the relative relocations (`-z pack-relative-relocs`,
+//! DT_RELR, glibc 2.36 and later): the dynamic loader reads a few KiB
+//! instead of ~430 KiB of `.rela.dyn` at every start, pages that would
+//! otherwise stay resident.
+//!
 //! Only for release builds of x86_64 Linux with rustc 1.90 or later, whose
 //! default linker is rust-lld (GNU ld has no `--symbol-ordering-file`), and
 //! only when nobody chose another linker. Anywhere else the binary is the
@@ -29,6 +34,28 @@ fn main() {
         "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={},--no-warn-symbol-ordering",
         path.display()
     );
+    if glibc_has_relr() {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
+}
+
+/// True when the glibc linked against is 2.36 or later, the first that
+/// reads DT_RELR (lld then also records the GLIBC_ABI_DT_RELR version, so
+/// an older glibc refuses the binary with a clear message).
+fn glibc_has_relr() -> bool {
+    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
+        return false;
+    };
+    // "glibc 2.36"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 36)
 }
 
 /// True when the linker is rust-lld: the default for this target since
