@@ -39,7 +39,8 @@ profile() {
   local name=$1 secs=$2; shift 2
   local p; p=$(port)
   rm -rf "$work/d"; mkdir -p "$work/d"
-  env AGENT_IDLE_SLEEP=0 AGENT_LISTEN=127.0.0.1:$p AGENT_LOG_DIR="$work/d/logs" \
+  # AGENT_LOG_KEEP=20: retention (listing, deleting) runs within the profile.
+  env AGENT_IDLE_SLEEP=0 AGENT_LOG_KEEP=20 AGENT_LISTEN=127.0.0.1:$p AGENT_LOG_DIR="$work/d/logs" \
       AGENT_STATE_DIR="$work/d/state" "$@" \
     valgrind --tool=callgrind --demangle=no --dump-instr=no --trace-children=no \
       --callgrind-out-file="$work/$name.cg" "$bin" run -- /bin/sh -c 'echo working; echo done' \
