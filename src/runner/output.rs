@@ -78,7 +78,7 @@ pub(super) async fn pump(
             read = receiver.read_buf(&mut buffer) => read,
             _ = &mut stop => break,
         };
-        let count = match read {
+        let mut count = match read {
             Ok(0) => break,
             Ok(count) => count,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {
@@ -87,6 +87,17 @@ pub(super) async fn pump(
             }
             Err(_) => break,
         };
+        // Take what else the pipe already holds, up to a full buffer,
+        // without waiting: a job that writes 64 KiB at a time then costs
+        // one scan call and one hand-off to the writer thread (two thread
+        // wake-ups) per full buffer, not per write. An error or the end
+        // shows again at the next read.
+        while buffer.len() < CHUNK {
+            match receiver.try_read_buf(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(more) => count += more,
+            }
+        }
         let chunk = &buffer[..count];
         stats.bytes_read += count as u64;
         let now_matched = matcher.feed(chunk) || (count < CHUNK && matcher.search_pending());
