@@ -85,7 +85,6 @@ const LIVENESS_DEADLINE: Duration = Duration::from_secs(2);
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     // First, before any runtime or thread opens descriptors (SPEC §6).
     let descriptors = limits::raise_nofile_limit();
-    limits::one_malloc_arena();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("jobloop-http")

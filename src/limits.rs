@@ -3,34 +3,10 @@
 //! are already open, so the HTTP server can size its connection cap and
 //! leave a reserve for the loop (the cap itself is `http::connection_cap`).
 //!
-//! Also the allocator's arena count ([`one_malloc_arena`]), the other
-//! per-process resource set once at start.
-//!
 //! A leaf module: it knows nothing of the loop or the server, only the
-//! kernel's limit, `/proc/self/fd` and glibc's malloc.
+//! kernel's limit and `/proc/self/fd`.
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-
-/// Asks glibc's malloc for a single arena shared by every thread.
-///
-/// By default each of jobloop's threads that allocates gets an arena of
-/// its own, each with its own partly used pages; jobloop's threads allocate
-/// little and rarely at the same moment, so one arena keeps ~100 KiB less
-/// resident for no measurable contention. `MALLOC_ARENA_MAX` in the
-/// environment, if set, still wins (glibc reads it when malloc starts).
-/// Call it before any thread is started. Elsewhere than glibc it does
-/// nothing.
-pub fn one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a malloc parameter; it takes no
-        // pointer, and no other thread exists yet to race with it.
-        #[allow(unsafe_code)]
-        unsafe {
-            nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
-        }
-    }
-}
 
 /// Where `/proc` lists this process's open descriptors.
 const FD_DIR: &str = "/proc/self/fd";
