@@ -45,6 +45,11 @@ if [ -x bench/run.sh ]; then
   BENCH_SMOKE=1 bench/run.sh
 fi
 
+if [ -x bench/budget.sh ]; then
+  step "resident memory and code size against bench/budget.json (no times)"
+  bench/budget.sh "$bin" 2>&1 | tee -a "$log"
+fi
+
 step "all tests passed"
 passed=$(grep -E '^(test result: ok\.|[a-z0-9]+:) [0-9]+ passed' "$log" \
   | sed -E 's/^[^0-9]*([a-z0-9]+: )?([0-9]+) passed.*/\2/' | awk '{ s += $1 } END { print s + 0 }')

@@ -118,21 +118,23 @@ impl std::fmt::Debug for Piece {
 }
 
 impl Sink {
-    /// An empty buffer of [`CHUNK`] bytes: a reused one, a new one while
-    /// fewer than [`BUFFERS`] exist, else the next one the disk gives back
-    /// (this wait is the back-pressure). Cancel-safe.
+    /// An empty buffer with room for [`CHUNK`] bytes: a reused one, a new
+    /// one while fewer than [`BUFFERS`] exist, else the next one the disk
+    /// gives back (this wait is the back-pressure). Cancel-safe. A new one
+    /// is not zeroed: the reader fills its spare capacity, so pages are
+    /// touched only as far as output arrives.
     pub async fn buffer(&mut self) -> Vec<u8> {
         if let Ok(buffer) = self.empties.try_recv() {
             return buffer;
         }
         if self.allocated < BUFFERS {
             self.allocated += 1;
-            return vec![0; CHUNK];
+            return Vec::with_capacity(CHUNK);
         }
         match self.empties.recv().await {
             Some(buffer) => buffer,
             // The thread is gone; the caller's next write fails.
-            None => vec![0; CHUNK],
+            None => Vec::with_capacity(CHUNK),
         }
     }
 
@@ -402,7 +404,8 @@ mod tests {
         for round in 0..(3 * BUFFERS) {
             let mut buffer = log.sink.buffer().await;
             let text = format!("line {round}\n");
-            buffer[..text.len()].copy_from_slice(text.as_bytes());
+            buffer.clear();
+            buffer.extend_from_slice(text.as_bytes());
             expected.extend_from_slice(text.as_bytes());
             log.sink.write(buffer, text.len()).unwrap();
         }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use opentelemetry::trace::{Status as SpanStatus, TraceContextExt, TracerProvider as _};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -36,6 +36,31 @@ pub struct Telemetry {
     exporting: bool,
 }
 
+/// Spans the batch processor queues at most unless
+/// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise: one export batch (the SDK's
+/// `max_export_batch_size`) instead of the SDK's 2,048. The queue is a
+/// ring of `SpanData` slots that the spans' passage touches one by one, so
+/// 2,048 slots kept ~0.4 MiB more resident after a few thousand runs
+/// (docs/benchmarks.md, issue #14). A full queue drops new spans; 512
+/// fill only if a collector falls behind by 512 runs (minutes at a real
+/// pace, ~0.7 s at idle 0 with `/bin/true`).
+const DEFAULT_MAX_QUEUE_SIZE: usize = 512;
+
+/// The batch span processor, with [`DEFAULT_MAX_QUEUE_SIZE`]; every
+/// `OTEL_BSP_*` variable set still wins (the SDK reads them).
+fn batch_processor<E>(exporter: E) -> BatchSpanProcessor
+where
+    E: opentelemetry_sdk::trace::SpanExporter + Send + 'static,
+{
+    let mut config = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        config = config.with_max_queue_size(DEFAULT_MAX_QUEUE_SIZE);
+    }
+    BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config.build())
+        .build()
+}
+
 /// Installs the daemon's log and the tracer. Must run inside the Tokio
 /// runtime that will keep running until [`Telemetry::shutdown`] (the gRPC
 /// exporter's connection lives there). `instance` is state.json's
@@ -49,7 +74,7 @@ pub fn init(settings: &Settings, instance: &str) -> anyhow::Result<Telemetry> {
     let exporting = settings.otlp.endpoint.is_some();
     if exporting {
         let exporter = exporter::build(&settings.otlp)?;
-        provider = provider.with_batch_exporter(exporter);
+        provider = provider.with_span_processor(batch_processor(exporter));
     }
     let provider = provider.build();
     let tracer = provider.tracer("jobloop");

@@ -176,6 +176,9 @@ fn output_already_in_the_pipe_outlasts_the_drain_wait_on_a_slow_disk() {
         .env("AGENT_IDLE_SLEEP", "60s");
     h.start(&[], &[job.to_str().unwrap()]);
     h.wait_until("the job exited", WAIT, |h| h.path("done").exists());
+    // state.json says so once its writer thread got to it (an fsync on a
+    // loaded disk can take longer than the job did).
+    h.wait_status("running", WAIT);
     // Stalled for longer than the 1 s drain wait after the job's exit: the
     // run waits for its log, answering meanwhile.
     h.assert_holds(

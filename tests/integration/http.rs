@@ -239,7 +239,7 @@ fn the_http_thread_yields_the_cpu_to_the_loop() {
     };
     assert_eq!(
         nice_of("jobloop"),
-        Some(10),
+        Some(19),
         "the HTTP thread runs niced: {threads:?}"
     );
     assert_eq!(

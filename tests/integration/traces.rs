@@ -71,10 +71,15 @@ fn check_spans_against_run_logs(h: &mut Harness, receiver: &Receiver, protocol: 
             span.span_id,
             "header span id"
         );
-        let printed = content
-            .lines()
-            .find_map(|l| l.strip_prefix("traceparent="))
-            .unwrap();
+        let Some(printed) = content.lines().find_map(|l| l.strip_prefix("traceparent=")) else {
+            // A run that began just before the stop (idle sleep 50 ms) can
+            // be stopped before its job printed anything (a loaded machine).
+            assert!(
+                spans.len() > 3 && Some(log) == logs.last(),
+                "{protocol}: no traceparent line in {content}"
+            );
+            continue;
+        };
         assert_eq!(
             printed,
             format!("00-{}-{}-01", span.trace_id, span.span_id),
