@@ -9,8 +9,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 mod fake;
-mod stop;
 mod policy;
+mod stop;
 
 use super::{Ending, Supervisor, SupervisorParts};
 use crate::backoff::BackoffPolicy;
