@@ -905,6 +905,126 @@ def fig_memory(idle_results):
         )
 
 
+def exporter_thread(pid, tid):
+    """True for the OTLP exporter's threads: the SDK's batch processor
+    ("OpenTelemetry.Traces.BatchProcessor") and reqwest's blocking client."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            return f.read().startswith(("OpenTelemetry", "reqwest"))
+    except OSError:
+        return False
+
+
+def make_test_pki(d):
+    """A CA and a server certificate for 127.0.0.1 made with the openssl
+    command line (as the TLS tests do): the sink's identity."""
+    d.mkdir(parents=True, exist_ok=True)
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
+    for name in ("ca", "server"):
+        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key")
+    run("req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", "2", "-subj", "/CN=jobloop bench CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-out", "ca.pem")
+    (d / "server.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                                  "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("req", "-new", "-key", "server.key", "-subj", "/CN=localhost", "-out", "server.csr")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-sha256", "-extfile", "server.ext", "-out", "server.pem")
+    return d / "ca.pem", d / "server.pem", d / "server.key"
+
+
+def fig_otlp_cost():
+    """What exporting costs jobloop's own threads per 1,000 spans (one span
+    per iteration, job /bin/true at idle 0): no exporter, OTLP/HTTP, and
+    OTLP/HTTP over TLS to a local sink; and RSS with TLS."""
+    import ssl
+
+    reps = 1 if SMOKE else 3
+    warm, rss_at, end = (100, 300, 400) if SMOKE else (200, 1000, 2200)
+    ca, cert, key = make_test_pki(WORK / "pki")
+
+    class Sink(OtlpSink):
+        # Keep-alive, as a real collector does: a TLS handshake per export
+        # would measure the sink, not the exporter.
+        protocol_version = "HTTP/1.1"
+        requests = 0
+        bytes = 0
+
+        def do_POST(self):
+            type(self).requests += 1
+            super().do_POST()
+
+    class TlsSink(Sink):
+        requests = 0
+
+    sinks = {}
+    for name, handler in (("http", Sink), ("https", TlsSink)):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if name == "https":
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        sinks[name] = (server, handler)
+    out = {}
+    for mode in ("none", "http", "https"):
+        cpu, export, rss = [], [], []
+        for r in range(reps):
+            extra = {}
+            if mode != "none":
+                server, _ = sinks[mode]
+                extra = {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"{mode}://127.0.0.1:{server.server_address[1]}",
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                }
+                if mode == "https":
+                    extra["OTEL_EXPORTER_OTLP_CERTIFICATE"] = str(ca)
+            j = Jobloop(f"otlp-{mode}-{r}", ["/bin/true"], extra=extra)
+            try:
+                first = j.wait_iteration(warm, interval=0.005)
+                before = thread_cpu_ns(j.pid)
+                j.wait_iteration(rss_at, interval=0.005)
+                rss.append(status_kib(j.pid, "VmRSS") / 1024)
+                last = j.wait_iteration(end, interval=0.005)
+                after = thread_cpu_ns(j.pid)
+                per_1000 = lambda ns: ns / (last - first) * 1000 / 1e6  # noqa: E731
+                cpu.append(per_1000(own_cpu_delta_ns(before, after)))
+                # The exporter's own threads (the batch processor and the
+                # HTTP client's): the export itself, apart from the loop,
+                # whose CPU per iteration varies more than the export costs.
+                exporters = {t for t in after if exporter_thread(j.pid, t)}
+                export.append(per_1000(own_cpu_delta_ns(
+                    {t: v for t, v in before.items() if t in exporters},
+                    {t: v for t, v in after.items() if t in exporters})))
+            finally:
+                j.stop()
+        out[mode] = {"own_cpu_ms_per_1000_iterations": cpu, "exporter_threads_cpu_ms_per_1000_spans": export,
+                     "rss_mib_at": rss_at, "rss_mib": rss}
+    for name, (server, handler) in sinks.items():
+        out[name]["sink_requests"] = handler.requests
+        server.shutdown()
+    RAW["otlp"] = out
+    cost = {m: out[m]["exporter_threads_cpu_ms_per_1000_spans"] for m in ("http", "https")}
+    whole = {m: out[m]["own_cpu_ms_per_1000_iterations"] for m in ("none", "http", "https")}
+    row(
+        "OTLP export: CPU of the exporter's threads per 1,000 spans (job /bin/true, idle 0)",
+        f"http/protobuf {spread(cost['http'], '{:.1f}', ' ms')}; over TLS {spread(cost['https'], '{:.1f}', ' ms')}",
+        f"all of jobloop's threads per 1,000 iterations: no exporter {spread(whole['none'], '{:.0f}', ' ms')}, "
+        f"http {spread(whole['http'], '{:.0f}', ' ms')}, TLS {spread(whole['https'], '{:.0f}', ' ms')}"
+        f"<br>sinks got {out['http']['sink_requests']} / {out['https']['sink_requests']} exports",
+        "known (issue #14)",
+        "measured",
+    )
+    tls_ok = med(out["https"]["rss_mib"]) <= 8
+    row(
+        f"RSS after {rss_at} iterations, OTLP http/protobuf over TLS to a local sink",
+        spread(out["https"]["rss_mib"], unit=" MiB"),
+        f"no exporter {spread(out['none']['rss_mib'], unit=' MiB')}, plain http {spread(out['http']['rss_mib'], unit=' MiB')}",
+        "≤ 8 MiB",
+        judge(tls_ok),
+    )
+
+
 def fig_output(seed_present):
     fig_output_chunk("65536")
     fig_output_chunk("4096")
@@ -1157,6 +1277,7 @@ def main():
     if want("idle") or want("memory"):
         idle = attempt("idle", fig_idle_cpu, seed)
     attempt("memory", fig_memory, idle or {"long job": {"rss_kib": {}}})
+    attempt("otlp", fig_otlp_cost)
     attempt("output", fig_output, seed is not None)
     attempt("auth", fig_auth_kill)
     attempt("metrics", fig_metrics_load)

@@ -8,7 +8,7 @@
 # Settings (environment):
 #   SEED_SCRIPT   the seed loop (default ../shared/seed/run-agent.sh); when
 #                 absent its columns say "skipped"
-#   BENCH_ONLY    comma list of figures: cpu,turnaround,idle,memory,output,auth,metrics,startup
+#   BENCH_ONLY    comma list of figures: cpu,turnaround,idle,memory,otlp,output,auth,metrics,startup
 #   BENCH_JSON    where the raw numbers go (default bench/results/latest.json)
 #   BENCH_TMPDIR  where the scratch dir (run logs, state.json) goes (default /tmp)
 #   HORUST_ROOT   cargo install root for horust 0.1.14 (full run only;
