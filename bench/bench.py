@@ -1145,11 +1145,17 @@ def fig_metrics_load():
     if not wrk:
         row("/metrics under wrk load", "skipped: wrk not installed", "–", "pace ≤ 10% slower", "–")
         return
+    # What curl and promtool get, then what Prometheus asks for (exemplars).
+    fig_metrics_load_format(wrk, "text 0.0.4", [])
+    fig_metrics_load_format(wrk, "OpenMetrics", ["-H", "Accept: application/openmetrics-text;version=1.0.0"])
+
+
+def fig_metrics_load_format(wrk, label, headers):
     reps = 1 if SMOKE else 3
     dur = 3 if SMOKE else 10
     rps, p99, slow, base_pace, load_pace = [], [], [], [], []
     for r in range(reps):
-        j = Jobloop(f"wrk-{r}", ["/bin/true"])
+        j = Jobloop(f"wrk-{label.split()[0]}-{r}", ["/bin/true"])
         try:
             j.wait_iteration(20)
 
@@ -1162,7 +1168,7 @@ def fig_metrics_load():
             before = pace(dur / 2)
             i0, t0 = j.iteration(), time.monotonic()
             out = subprocess.run(
-                [wrk, "-t1", "-c8", f"-d{dur}s", "--latency", f"http://127.0.0.1:{j.port}/metrics"],
+                [wrk, "-t1", "-c8", f"-d{dur}s", "--latency", *headers, f"http://127.0.0.1:{j.port}/metrics"],
                 capture_output=True, text=True,
             ).stdout
             loaded = (j.iteration() - i0) / (time.monotonic() - t0)
@@ -1176,9 +1182,9 @@ def fig_metrics_load():
         base_pace.append(quiet)
         load_pace.append(loaded)
         slow.append(100 * (1 - loaded / quiet))
-    RAW["metrics_load"] = {"rps": rps, "p99_ms": p99, "pace_quiet_per_s": base_pace, "pace_loaded_per_s": load_pace, "slowdown_pct": slow}
+    RAW.setdefault("metrics_load", {})[label] = {"rps": rps, "p99_ms": p99, "pace_quiet_per_s": base_pace, "pace_loaded_per_s": load_pace, "slowdown_pct": slow}
     row(
-        f"/metrics under wrk load (1 thread, 8 connections, {dur} s) while the loop runs `true` at idle 0",
+        f"/metrics ({label}) under wrk load (1 thread, 8 connections, {dur} s) while the loop runs `true` at idle 0",
         f"{spread(rps, '{:.0f}', ' req/s')}; p99 {spread(p99, '{:.2f}', ' ms')}; loop pace {spread(base_pace, '{:.0f}', '/s')} quiet (mean of the windows before and after) → {spread(load_pace, '{:.0f}', '/s')} loaded = {spread(slow, '{:+.0f}', '% slower')}",
         "seed: no /metrics; supervisord, horust: none",
         "pace ≤ 10% slower",
