@@ -9,7 +9,8 @@
 #
 # Groups, in this order: (1) what every daemon runs: start-up, the loop with
 # a job that writes output, the probes, /metrics in both formats, stop;
-# (2) what only an OTLP exporter runs (http/protobuf and gRPC). A symbol the
+# (2) what only an OTLP exporter runs (http/protobuf, the same over TLS,
+# and gRPC). A symbol the
 # next build no longer has is skipped by the linker, so a stale file costs
 # memory, never correctness; rerun this after a dependency change and
 # commit the result (bench/budget.sh fails when RSS regresses).
@@ -31,7 +32,14 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", "0"); self.end_headers()
     def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+H.protocol_version = "HTTP/1.1"  # keep-alive, as a collector does
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+if len(sys.argv) > 3:  # certificate and key: the same sink over TLS
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
 PY
 
 # One daemon under callgrind for $1 seconds; scrapes everything meanwhile.
@@ -63,6 +71,21 @@ profile base 8
 sinkport=$(port)
 python3 "$work/sink.py" "$sinkport" & 
 profile http 6 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sinkport OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=500
+# The same over TLS (rustls, ring): a throw-away CA and a server certificate
+# for 127.0.0.1, and the sink behind them.
+( cd "$work" &&
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null &&
+  openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=jobloop order CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out ca.pem &&
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key 2>/dev/null &&
+  openssl req -new -key server.key -subj /CN=localhost -out server.csr &&
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' > server.ext &&
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+    -extfile server.ext -out server.pem 2>/dev/null )
+tlsport=$(port)
+python3 "$work/sink.py" "$tlsport" "$work/server.pem" "$work/server.key" &
+profile https 6 OTEL_EXPORTER_OTLP_ENDPOINT=https://127.0.0.1:$tlsport OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+  OTEL_EXPORTER_OTLP_CERTIFICATE="$work/ca.pem" OTEL_BSP_SCHEDULE_DELAY=500
 # gRPC against the same port: the requests fail, the client code still runs.
 profile grpc 6 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sinkport OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_BSP_SCHEDULE_DELAY=500
 
@@ -70,6 +93,7 @@ nm --defined-only "$bin" | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u > "$work/d
 {
   names "$work/base.cg"
   names "$work/http.cg"
+  names "$work/https.cg"
   names "$work/grpc.cg"
 } | awk '!seen[$0]++' | grep -Fxf "$work/defined" > bench/symbol-order.txt
 echo "bench/symbol-order.txt: $(wc -l < bench/symbol-order.txt) symbols ($(names "$work/base.cg" | grep -cFxf "$work/defined") in the base group)"
