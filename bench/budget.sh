@@ -69,16 +69,7 @@ check "VmRSS growth $n -> $((4 * n)) runs" $((second > first ? second - first : 
 
 # 2. OTLP http/protobuf to a sink that answers 200
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 - "$port" <<'PY' &
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200); self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-PY
+python3 bench/helpers/otlp-sink.py "$port" &
 sink=$!
 pid=$(daemon otlp OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$port" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)
 wait_iter "$work/otlp" "$pid" "$n"

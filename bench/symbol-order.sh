@@ -23,24 +23,7 @@ work=$(mktemp -d /tmp/jobloop-order.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# A sink that answers every POST with 200 and an empty protobuf body.
-cat > "$work/sink.py" <<'PY'
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200); self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-H.protocol_version = "HTTP/1.1"  # keep-alive, as a collector does
-server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-if len(sys.argv) > 3:  # certificate and key: the same sink over TLS
-    import ssl
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
-PY
+sink=$PWD/bench/helpers/otlp-sink.py
 
 # One daemon under callgrind for $1 seconds; scrapes everything meanwhile.
 profile() {
@@ -69,7 +52,7 @@ names() {
 
 profile base 8
 sinkport=$(port)
-python3 "$work/sink.py" "$sinkport" & 
+python3 "$sink" "$sinkport" & 
 profile http 6 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sinkport OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=500
 # The same over TLS (rustls, ring): a throw-away CA and a server certificate
 # for 127.0.0.1, and the sink behind them.
@@ -83,7 +66,7 @@ profile http 6 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sinkport OTEL_EXPOR
   openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 \
     -extfile server.ext -out server.pem 2>/dev/null )
 tlsport=$(port)
-python3 "$work/sink.py" "$tlsport" "$work/server.pem" "$work/server.key" &
+python3 "$sink" "$tlsport" "$work/server.pem" "$work/server.key" &
 profile https 6 OTEL_EXPORTER_OTLP_ENDPOINT=https://127.0.0.1:$tlsport OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
   OTEL_EXPORTER_OTLP_CERTIFICATE="$work/ca.pem" OTEL_BSP_SCHEDULE_DELAY=500
 # gRPC against the same port: the requests fail, the client code still runs.
