@@ -161,6 +161,7 @@ async fn run_async(
     let app = http::router(http::AppState {
         snapshot: snapshots,
         commands: command_sender.clone(),
+        scrapes: Arc::new(http::Scrapes::new(metrics.clone())),
         metrics: metrics.clone(),
         admin_token: settings
             .admin_token

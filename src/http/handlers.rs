@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use tokio::sync::oneshot;
 
+use super::scrapes::Format;
 use super::{AppState, Peer};
 use crate::command::{Command, ResumeAnswer};
 
@@ -32,17 +33,15 @@ pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Respons
         .filter_map(|value| value.to_str().ok())
         .collect::<Vec<_>>()
         .join(",");
-    let (content_type, body) = if wants_openmetrics(&accept) {
+    let (content_type, format) = if wants_openmetrics(&accept) {
         (
             crate::metrics::OPENMETRICS_CONTENT_TYPE,
-            app.metrics.render_openmetrics(),
+            Format::OpenMetrics,
         )
     } else {
-        (
-            "text/plain; version=0.0.4; charset=utf-8",
-            app.metrics.render(),
-        )
+        ("text/plain; version=0.0.4; charset=utf-8", Format::Text)
     };
+    let body = app.scrapes.render(format).await;
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

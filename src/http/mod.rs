@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod connections;
 mod handlers;
+mod scrapes;
 
 pub use auth::AdminToken;
 pub use connections::{connection_cap, Peer};
@@ -27,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::connections::{Admission, Registry, Tracked};
+pub use self::scrapes::Scrapes;
 use crate::limits::Descriptors;
 
 use crate::command::Command;
@@ -147,6 +149,8 @@ pub struct AppState {
     pub commands: mpsc::Sender<Command>,
     /// The registry.
     pub metrics: Arc<Metrics>,
+    /// Its `/metrics` renders, shared and paced.
+    pub scrapes: Arc<Scrapes>,
     /// Token `POST /resume` needs; `None` = resume disabled.
     pub admin_token: Option<Arc<AdminToken>>,
     /// The liveness check.
@@ -339,6 +343,7 @@ mod tests {
         router(AppState {
             snapshot: receiver,
             commands: sender,
+            scrapes: Arc::new(Scrapes::new(metrics.clone())),
             metrics,
             admin_token: token.map(|token| Arc::new(AdminToken::new(token))),
             liveness: Arc::new(Liveness::new(Duration::from_millis(200))),
