@@ -30,6 +30,7 @@ fn main() {
     let path = Path::new(&dir).join(order);
     // A symbol a newer build no longer has is skipped without a warning:
     // a stale order costs memory (bench/budget.sh notices), not a build.
+    // The v0 mangling (.cargo/config.toml) keeps names stable across edits.
     println!(
         "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={},--no-warn-symbol-ordering",
         path.display()

@@ -6,12 +6,13 @@
 #
 # Figures (job /bin/true, AGENT_IDLE_SLEEP=0, no scrapes):
 #   - VmRSS after `iterations` runs, no OTLP;
-#   - the same with OTLP http/protobuf to a local sink (a python3 one);
+#   - the same with OTLP http/protobuf to a local sink (a python3 one), and
+#     over TLS to the same sink behind a throw-away CA (needs openssl);
 #   - the growth of VmRSS from `iterations` to 4 x `iterations` runs;
 #   - the size of the binary after `strip`.
 # Each fails only above its budget times (1 + margin): a clear regression,
 # not noise. Prints "budget: N passed, M failed" like the other runners.
-# Needs jq, python3, strip (binutils). Network: 127.0.0.1 only.
+# Needs jq, python3, openssl, strip (binutils). Network: 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-$PWD/target/release/jobloop}
@@ -76,7 +77,18 @@ wait_iter "$work/otlp" "$pid" "$n"
 check "VmRSS after $n runs, OTLP http/protobuf" "$(rss "$pid")" "$(get rss_kib_after_iterations_otlp_http)" KiB
 stop "$pid"
 
-# 3. code size
+# 3. the same over TLS (rustls), to the sink behind a throw-away CA
+bash bench/helpers/throwaway-ca.sh "$work"
+kill "$sink" 2>/dev/null || true
+python3 bench/helpers/otlp-sink.py "$port" "$work/server.pem" "$work/server.key" &
+sink=$!
+pid=$(daemon otlp-tls OTEL_EXPORTER_OTLP_ENDPOINT="https://127.0.0.1:$port" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+  OTEL_EXPORTER_OTLP_CERTIFICATE="$work/ca.pem")
+wait_iter "$work/otlp-tls" "$pid" "$n"
+check "VmRSS after $n runs, OTLP http/protobuf over TLS" "$(rss "$pid")" "$(get rss_kib_after_iterations_otlp_https)" KiB
+stop "$pid"
+
+# 4. code size
 strip -o "$work/stripped" "$bin"
 check "stripped binary" "$(stat -c %s "$work/stripped")" "$(get stripped_binary_bytes)" bytes
 

@@ -56,15 +56,7 @@ python3 "$sink" "$sinkport" &
 profile http 6 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sinkport OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=500
 # The same over TLS (rustls, ring): a throw-away CA and a server certificate
 # for 127.0.0.1, and the sink behind them.
-( cd "$work" &&
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null &&
-  openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=jobloop order CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out ca.pem &&
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key 2>/dev/null &&
-  openssl req -new -key server.key -subj /CN=localhost -out server.csr &&
-  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' > server.ext &&
-  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 \
-    -extfile server.ext -out server.pem 2>/dev/null )
+bash "$(dirname "$0")/helpers/throwaway-ca.sh" "$work"
 tlsport=$(port)
 python3 "$sink" "$tlsport" "$work/server.pem" "$work/server.key" &
 profile https 6 OTEL_EXPORTER_OTLP_ENDPOINT=https://127.0.0.1:$tlsport OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
