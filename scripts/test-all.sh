@@ -47,6 +47,10 @@ fi
 
 if [ -x bench/budget.sh ]; then
   step "resident memory and code size against bench/budget.json (no times)"
+  # The product build, as users get it: `cargo test` builds the binary with
+  # the dev-dependencies' features (tokio's test-util, tonic's server),
+  # another build whose symbol names bench/symbol-order.txt does not match.
+  cargo build --release --locked --quiet
   bench/budget.sh "$bin" 2>&1 | tee -a "$log"
 fi
 

@@ -17,7 +17,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::naming::{select_for_deletion, sort_key, RetentionPolicy, RunLogEntry, RunLogNamer};
+use crate::naming::{
+    select_for_deletion, sort_key, RetentionPolicy, RunLogEntry, RunLogName, RunLogNamer,
+};
 
 /// What one retention pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -141,12 +143,16 @@ pub fn scan(runs_dir: &Path) -> Vec<RunLogEntry> {
     };
     let mut logs = Vec::new();
     for entry in entries.flatten() {
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+        let file_name = entry.file_name();
+        // Longer names are no run log jobloop made (a suffix with leading
+        // zeros): left alone, like any other file.
+        let Some(name) = file_name
+            .to_str()
+            .filter(|name| sort_key(name).is_some())
+            .and_then(RunLogName::new)
+        else {
             continue;
         };
-        if sort_key(&name).is_none() {
-            continue;
-        }
         let Ok(meta) = fs::symlink_metadata(entry.path()) else {
             continue;
         };
@@ -159,9 +165,7 @@ pub fn scan(runs_dir: &Path) -> Vec<RunLogEntry> {
             size: meta.len(),
         });
     }
-    logs.sort_by_cached_key(|entry| {
-        sort_key(&entry.name).map(|(stamp, suffix)| (stamp.to_string(), suffix))
-    });
+    logs.sort_unstable_by(|a, b| sort_key(a.name.as_str()).cmp(&sort_key(b.name.as_str())));
     logs
 }
 

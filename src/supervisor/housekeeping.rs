@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{Stop, Supervisor};
-use crate::naming::{self, RunLogEntry};
+use crate::naming::{self, RunLogEntry, RunLogName};
 use crate::runner::Runner;
 use crate::state::Status;
 use crate::statefile;
@@ -124,7 +124,8 @@ impl<R: Runner> Supervisor<R> {
             return Ok(());
         }
         // Doomed names are the oldest: usually a short prefix.
-        self.run_logs.retain(|entry| !doomed.contains(&entry.name));
+        self.run_logs
+            .retain(|entry| !doomed.iter().any(|name| name == entry.name.as_str()));
         let metrics = self.metrics.clone();
         self.log_writer
             .delete(&self.settings.log_dir, doomed, move |outcome| {
@@ -155,9 +156,10 @@ impl<R: Runner> Supervisor<R> {
 
     /// Adds the run log just closed, `size` bytes, to the index.
     pub(super) fn index_run_log(&mut self, run_log: &Path, ended: SystemTime, size: u64) {
-        if let Some(name) = run_log.file_name().and_then(|n| n.to_str()) {
+        let name = run_log.file_name().and_then(|n| n.to_str());
+        if let Some(name) = name.and_then(RunLogName::new) {
             self.run_logs.push(RunLogEntry {
-                name: name.to_string(),
+                name,
                 modified: ended,
                 size,
             });
