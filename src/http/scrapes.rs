@@ -164,6 +164,11 @@ mod tests {
         Arc::new(Scrapes::new(Arc::new(Metrics::new())))
     }
 
+    /// Holds the next render of `slot` back for `length`.
+    fn pause(slot: &watch::Sender<Slot>, length: Duration) {
+        slot.send_modify(|slot| slot.next_at = Instant::now() + length);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_is_rendered_after_its_request_arrived() {
         let scrapes = scrapes();
@@ -181,9 +186,7 @@ mod tests {
         let scrapes = scrapes();
         // Eight requests come during a pause after a render, and wait.
         scrapes.render(Format::OpenMetrics).await;
-        scrapes
-            .openmetrics
-            .send_modify(|slot| slot.next_at = Instant::now() + Duration::from_millis(10));
+        pause(&scrapes.openmetrics, Duration::from_millis(10));
         let mut waiting = tokio::task::JoinSet::new();
         for _ in 0..8 {
             let scrapes = scrapes.clone();
@@ -206,9 +209,7 @@ mod tests {
         scrapes.render(Format::Text).await;
         // Force a pause, then drop the request that claimed the render
         // while it waits out the pause.
-        scrapes
-            .text
-            .send_modify(|slot| slot.next_at = Instant::now() + MAX_PAUSE);
+        pause(&scrapes.text, MAX_PAUSE);
         let claimer = {
             let scrapes = scrapes.clone();
             tokio::spawn(async move { scrapes.render(Format::Text).await })
