@@ -61,6 +61,12 @@ impl RunLogName {
         })
     }
 
+    /// Whether this is `name`: compared as bytes, without checking UTF-8
+    /// again (retention asks it of every kept log, every iteration).
+    pub fn is(&self, name: &str) -> bool {
+        &self.bytes[..usize::from(self.len)] == name.as_bytes()
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)])
@@ -147,7 +153,7 @@ pub fn select_for_deletion(
     let mut kept_bytes = 0u64;
     let mut kept = 0usize;
     for (index, entry) in entries.iter().rev().enumerate() {
-        let protected = index == 0 || protect == Some(entry.name.as_str());
+        let protected = index == 0 || protect.is_some_and(|name| entry.name.is(name));
         let too_many = policy.keep > 0 && kept >= policy.keep;
         let too_old = policy.max_age.is_some_and(|age| {
             now.duration_since(entry.modified)
@@ -185,6 +191,10 @@ mod tests {
     fn run_log_names_are_kept_inline_up_to_the_longest_jobloop_makes() {
         let longest = format!("20260101T000000Z-{}.log", u32::MAX);
         assert_eq!(RunLogName::new(&longest).unwrap().as_str(), longest);
+        assert!(RunLogName::new(&longest).unwrap().is(&longest));
+        assert!(!RunLogName::new(&longest)
+            .unwrap()
+            .is("20260101T000000Z.log"));
         assert_eq!(
             RunLogName::new("20260101T000000Z.log").unwrap().as_str(),
             "20260101T000000Z.log"

@@ -274,6 +274,7 @@ fn gone() -> io::Error {
 /// creation to its close.
 fn serve(inbox: &std_mpsc::Receiver<Request>, mut gate: Gate) {
     let mut namer = RunLogNamer::default();
+    let mut spare = None;
     while let Ok(request) = inbox.recv() {
         match request {
             Request::Create {
@@ -284,9 +285,14 @@ fn serve(inbox: &std_mpsc::Receiver<Request>, mut gate: Gate) {
                 empties,
                 written,
                 reply,
-            } => match super::create_next(&mut namer, &runs_dir, start, &header) {
+            } => match super::create_next(&mut namer, &runs_dir, start, &header, spare.take()) {
                 Ok((path, file)) => {
                     if reply.send(Ok(path)).is_ok() {
+                        // The next run's file, made while this job starts;
+                        // but the loop first: the reply just woke it, maybe
+                        // onto this very CPU, and it starts the job.
+                        std::thread::yield_now();
+                        spare = super::Spare::make(&runs_dir);
                         let outcome = copy(file, header.len(), &pieces, &empties, &mut gate);
                         let _ = written.send(outcome);
                     }

@@ -125,7 +125,7 @@ impl<R: Runner> Supervisor<R> {
         }
         // Doomed names are the oldest: usually a short prefix.
         self.run_logs
-            .retain(|entry| !doomed.iter().any(|name| name == entry.name.as_str()));
+            .retain(|entry| !doomed.iter().any(|name| entry.name.is(name)));
         let metrics = self.metrics.clone();
         self.log_writer
             .delete(&self.settings.log_dir, doomed, move |outcome| {
