@@ -16,6 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -234,7 +235,26 @@ impl StateDir {
 /// both go to disk in one write: short beside anything that reads
 /// state.json, long beside the loop's turn from one job to the next
 /// (~0.2 ms).
-const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// The least time from one write's start to the next one's. A write
+/// (new file, fsync, rename over the old) costs ~0.3 ms of CPU on a small
+/// VM's ext4, most of it making and freeing an inode: a loop of
+/// millisecond jobs would spend a tenth of a core on state.json alone,
+/// and with the vCPUs shared, the job's turnaround pays for it. State
+/// a few milliseconds apart reaches the disk as the later one.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long to wait, at `now`, before writing a change: [`COALESCE`],
+/// or longer to keep [`MIN_INTERVAL`] since the last write began.
+fn pause_before_write(last_write: Option<Instant>, now: Instant) -> Duration {
+    let spaced = last_write
+        .and_then(|at| at.checked_add(MIN_INTERVAL))
+        .map_or(Duration::ZERO, |allowed| {
+            allowed.saturating_duration_since(now)
+        });
+    spaced.max(COALESCE)
+}
 
 /// The thread that writes each new snapshot to state.json.
 pub struct StateWriter {
@@ -261,14 +281,16 @@ impl StateWriter {
                 .expect("a runtime without drivers always builds");
             runtime.block_on(async move {
                 let mut failing = false;
+                let mut last_write: Option<Instant> = None;
                 loop {
                     let closed = snapshots.changed().await.is_err();
                     if !closed {
                         // Changes a moment apart (a job's end and, idle
                         // sleep 0, the next one's start) are written once,
                         // as the newer: one fsync instead of two.
-                        std::thread::sleep(COALESCE);
+                        std::thread::sleep(pause_before_write(last_write, Instant::now()));
                     }
+                    last_write = Some(Instant::now());
                     let json = snapshots.borrow_and_update().to_json();
                     match dir.write_state(&json) {
                         Ok(()) if failing => {
@@ -304,6 +326,24 @@ impl StateWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_wait_a_moment_and_keep_their_spacing() {
+        let now = Instant::now();
+        assert_eq!(pause_before_write(None, now), COALESCE);
+        // Long after the last write: only the moment that merges changes.
+        assert_eq!(
+            pause_before_write(Some(now), now + MIN_INTERVAL * 3),
+            COALESCE
+        );
+        // 4 ms after the last write began: the rest of the interval.
+        let last = now;
+        let at = now + Duration::from_millis(4);
+        assert_eq!(
+            pause_before_write(Some(last), at),
+            MIN_INTERVAL - Duration::from_millis(4)
+        );
+    }
 
     #[test]
     fn write_replaces_and_removes_a_planted_temp_link() {
