@@ -54,10 +54,12 @@ pub fn create(runs_dir: &Path, start: SystemTime, header: &str) -> io::Result<(P
 /// An unnamed file made ahead of time in a runs directory, to become the
 /// next run log there (see [`create_next`]).
 ///
-/// Making the inode is most of what creating a file costs (about 150 µs on
-/// ext4 on the benchmark's machine, against a few µs to write the header
-/// and link it). The writer thread makes the spare while the job runs, so
-/// that cost is not paid between one job's exit and the next one's start.
+/// Making the inode can be most of what creating a file costs: ~150 µs on
+/// the benchmark VM's ext4, which has no journal and so skips past every
+/// inode freed in the last minute, and a round trip to the server on NFS,
+/// against a few µs to write the header and link the file. The writer
+/// thread makes the spare while the job starts, so that cost is not paid
+/// between one job's exit and the next one's start.
 #[derive(Debug)]
 pub struct Spare {
     runs_dir: PathBuf,
