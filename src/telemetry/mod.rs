@@ -37,17 +37,27 @@ pub struct Telemetry {
 }
 
 /// Spans the batch processor queues at most unless
-/// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise: one export batch (the SDK's
-/// `max_export_batch_size`) instead of the SDK's 2,048. The queue is a
-/// ring of `SpanData` slots that the spans' passage touches one by one, so
-/// 2,048 slots kept ~0.4 MiB more resident after a few thousand runs
-/// (docs/benchmarks.md, issue #14). A full queue drops new spans; 512
-/// fill only if a collector falls behind by 512 runs (minutes at a real
-/// pace, ~0.7 s at idle 0 with `/bin/true`).
+/// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise, instead of the SDK's 2,048.
+/// The queue is a ring of `SpanData` slots that the spans' passage touches
+/// one by one, so 2,048 slots kept ~0.4 MiB more resident after a few
+/// thousand runs (docs/benchmarks.md, issue #14). A full queue drops new
+/// spans; 512 fill only if a collector falls behind by 512 runs (minutes at
+/// a real pace, ~0.7 s at idle 0 with `/bin/true`).
 const DEFAULT_MAX_QUEUE_SIZE: usize = 512;
 
-/// The batch span processor, with [`DEFAULT_MAX_QUEUE_SIZE`]; every
-/// `OTEL_BSP_*` variable set still wins (the SDK reads them).
+/// Spans sent in one export unless `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` says
+/// otherwise, instead of the SDK's 512. A batch is held in three forms
+/// while it is sent (the spans, their protobuf structs, the encoded body),
+/// so batches of 512 kept ~1 MiB more resident than batches of 64
+/// (docs/benchmarks.md, issue #14).
+/// jobloop makes one span per run: 64 runs between exports is still few
+/// exports at any real pace, and the 5 s schedule sends smaller batches
+/// anyway.
+const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 64;
+
+/// The batch span processor, with [`DEFAULT_MAX_QUEUE_SIZE`] and
+/// [`DEFAULT_MAX_EXPORT_BATCH_SIZE`]; every `OTEL_BSP_*` variable set still
+/// wins (the SDK reads them).
 fn batch_processor<E>(exporter: E) -> BatchSpanProcessor
 where
     E: opentelemetry_sdk::trace::SpanExporter + Send + 'static,
@@ -55,6 +65,9 @@ where
     let mut config = BatchConfigBuilder::default();
     if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
         config = config.with_max_queue_size(DEFAULT_MAX_QUEUE_SIZE);
+    }
+    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        config = config.with_max_export_batch_size(DEFAULT_MAX_EXPORT_BATCH_SIZE);
     }
     BatchSpanProcessor::builder(exporter)
         .with_batch_config(config.build())

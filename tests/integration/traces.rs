@@ -188,6 +188,35 @@ fn span_events_for_auth_match_timeout_and_kill() {
     assert_eq!(spans[1].status_code, 2);
 }
 
+/// The sizes of the first `exports` export requests of a loop of quick
+/// runs, with the schedule too long to send a batch before it is full.
+fn export_sizes(batch_size: Option<&str>, exports: usize) -> Vec<usize> {
+    let receiver = http_receiver();
+    let mut h = Harness::new();
+    let job = h.script("job.sh", "exit 0");
+    h.otlp(&receiver.endpoint, "http/protobuf")
+        .env("AGENT_IDLE_SLEEP", "0")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000");
+    if let Some(size) = batch_size {
+        h.env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", size);
+    }
+    h.start(&[], &[job.to_str().unwrap()]);
+    h.wait_until(
+        &format!("{exports} exports"),
+        Duration::from_secs(60),
+        |_| receiver.received.exports() >= exports,
+    );
+    assert!(h.stop().success());
+    receiver.received.spans_per_export()[..exports].to_vec()
+}
+
+// Issue #14: batches of 512 kept ~1 MiB more resident; the variable still wins.
+#[test]
+fn spans_are_exported_in_batches_of_64_unless_otel_bsp_max_export_batch_size_says_otherwise() {
+    assert_eq!(export_sizes(None, 2), [64, 64]);
+    assert_eq!(export_sizes(Some("100"), 1), [100]);
+}
+
 fn time_fifty_iterations(endpoint: Option<String>, protocol: &str) -> (Duration, Duration) {
     let mut h = Harness::new();
     let job = h.script("job.sh", "exit 0");

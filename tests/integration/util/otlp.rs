@@ -82,6 +82,22 @@ impl Received {
         self.0.lock().unwrap().len()
     }
 
+    /// How many spans each export request carried, in arrival order.
+    pub fn spans_per_export(&self) -> Vec<usize> {
+        let requests = self.0.lock().unwrap();
+        requests
+            .iter()
+            .map(|request| {
+                request
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|scope| scope.spans.len())
+                    .sum()
+            })
+            .collect()
+    }
+
     /// Every span received, in arrival order.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         let requests = self.0.lock().unwrap();
