@@ -210,11 +210,17 @@ fn export_sizes(batch_size: Option<&str>, exports: usize) -> Vec<usize> {
     receiver.received.spans_per_export()[..exports].to_vec()
 }
 
-// Issue #14: batches of 512 kept ~1 MiB more resident; the variable still wins.
+// Issue #14: batches of 512 kept ~1 MiB more resident; the variable still
+// wins. The first batch is sent when the queue holds a full one, so it is
+// full; the processor then sends whatever queued meanwhile, in batches of at
+// most the size (a slow machine can leave a short one).
 #[test]
 fn spans_are_exported_in_batches_of_64_unless_otel_bsp_max_export_batch_size_says_otherwise() {
-    assert_eq!(export_sizes(None, 2), [64, 64]);
-    assert_eq!(export_sizes(Some("100"), 1), [100]);
+    let sizes = export_sizes(None, 3);
+    assert_eq!(sizes[0], 64, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 64), "{sizes:?}");
+    let sizes = export_sizes(Some("100"), 1);
+    assert_eq!(sizes, [100]);
 }
 
 fn time_fifty_iterations(endpoint: Option<String>, protocol: &str) -> (Duration, Duration) {
