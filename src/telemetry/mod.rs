@@ -56,22 +56,29 @@ const DEFAULT_MAX_QUEUE_SIZE: usize = 512;
 const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 64;
 
 /// The batch span processor, with [`DEFAULT_MAX_QUEUE_SIZE`] and
-/// [`DEFAULT_MAX_EXPORT_BATCH_SIZE`]; every `OTEL_BSP_*` variable set still
-/// wins (the SDK reads them).
+/// [`DEFAULT_MAX_EXPORT_BATCH_SIZE`]; every `OTEL_BSP_*` variable the SDK
+/// can read still wins.
 fn batch_processor<E>(exporter: E) -> BatchSpanProcessor
 where
     E: opentelemetry_sdk::trace::SpanExporter + Send + 'static,
 {
     let mut config = BatchConfigBuilder::default();
-    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+    if !sdk_reads_count("OTEL_BSP_MAX_QUEUE_SIZE") {
         config = config.with_max_queue_size(DEFAULT_MAX_QUEUE_SIZE);
     }
-    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+    if !sdk_reads_count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
         config = config.with_max_export_batch_size(DEFAULT_MAX_EXPORT_BATCH_SIZE);
     }
     BatchSpanProcessor::builder(exporter)
         .with_batch_config(config.build())
         .build()
+}
+
+/// Whether the SDK takes the count in variable `name`: it parses it as an
+/// unsigned integer and ignores it otherwise (as the OpenTelemetry spec
+/// asks), so an unreadable value gets jobloop's default, not the SDK's.
+fn sdk_reads_count(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|value| value.parse::<usize>().is_ok())
 }
 
 /// Installs the daemon's log and the tracer. Must run inside the Tokio
